@@ -1,0 +1,46 @@
+"""imagegen: fast diffusion image generation from one engine, command line and (later) HTTP service.
+
+Importing this package is cheap: torch and diffusers load only when an image is generated.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from imagegen.engine import Engine
+    from imagegen.request import GeneratedImage
+
+__all__ = ["Engine", "EngineOptions", "GenerationRequest", "GeneratedImage", "generate", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """Expose the engine types lazily, so `import imagegen` does not import torch."""
+    if name in ("Engine", "EngineOptions"):
+        from imagegen import engine
+
+        return getattr(engine, name)
+    if name in ("GenerationRequest", "GeneratedImage"):
+        from imagegen import request
+
+        return getattr(request, name)
+    raise AttributeError(f"module 'imagegen' has no attribute {name!r}")
+
+
+@cache
+def default_engine() -> Engine:
+    """The engine `generate` uses: created on first use, then kept warm for the process."""
+    from imagegen.engine import Engine
+
+    return Engine()
+
+
+def generate(prompt: str, recipe: str | None = None, **options: Any) -> list[GeneratedImage]:
+    """Generate images with the default engine; options are GenerationRequest's fields."""
+    from imagegen.recipes import DEFAULT_RECIPE
+    from imagegen.request import GenerationRequest
+
+    return default_engine().generate(GenerationRequest(prompt=prompt, recipe=recipe or DEFAULT_RECIPE, **options))

@@ -1,0 +1,188 @@
+"""The `imagegen` command. Parsing and --help import neither torch nor diffusers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import fields, replace
+from pathlib import Path
+
+from imagegen import __version__
+from imagegen.errors import ImagegenError, InvalidRequest
+from imagegen.request import MAX_IMAGES, OUTPUT_FORMATS, GenerationRequest
+
+IMAGE_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from imagegen.devices import DEVICES, DTYPES
+    from imagegen.engine import OFFLOAD_MODES
+    from imagegen.recipes import DEFAULT_RECIPE, RECIPES
+    from imagegen.schedulers import SCHEDULERS
+
+    parser = argparse.ArgumentParser(prog="imagegen", description="Fast diffusion image generation.")
+    parser.add_argument("--version", action="version", version=f"imagegen {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = commands.add_parser("generate", help="generate images from a prompt",
+                              description="Generate images; options left out take the recipe's defaults.")
+    gen.add_argument("prompt", nargs="?", help="the text prompt (may be left out with --from)")
+    gen.add_argument("--recipe", choices=list(RECIPES), help=f"generation method (default {DEFAULT_RECIPE})")
+    gen.add_argument("--model", help="replace the recipe's base model: a local folder, a .safetensors file or a hub id")
+    gen.add_argument("--seed", type=int, help="seed of the first image; image i uses seed+i (default: random)")
+    gen.add_argument("--steps", type=int, dest="num_inference_steps", metavar="N", help="denoising steps")
+    gen.add_argument("--guidance", type=float, dest="guidance_scale", metavar="CFG",
+                     help="classifier-free guidance scale")
+    gen.add_argument("--width", type=int)
+    gen.add_argument("--height", type=int)
+    gen.add_argument("-n", type=int, dest="num_images", help=f"number of images (1-{MAX_IMAGES})")
+    gen.add_argument("--negative", dest="negative_prompt", help="negative prompt")
+    gen.add_argument("--scheduler", choices=list(SCHEDULERS), help="override the recipe's scheduler")
+    gen.add_argument("--format", dest="output_format", choices=OUTPUT_FORMATS,
+                     help="image format (default: from -o's suffix, else png)")
+    gen.add_argument("-o", "--output", type=Path, help="output file, or folder (default ./outputs)")
+    gen.add_argument("--from", dest="from_image", type=Path,
+                     help="start from the parameters stored in this image; other options override them")
+    gen.add_argument("--device", choices=DEVICES, default="auto")
+    gen.add_argument("--dtype", choices=DTYPES, default="auto")
+    gen.add_argument("--offload", choices=OFFLOAD_MODES, default="none", help="CPU offload (GPU only)")
+    gen.add_argument("--vae-tiling", action="store_true", help="decode in tiles: large images in less memory")
+    gen.add_argument("--vae-slicing", action="store_true", help="decode one image at a time")
+    gen.add_argument("--allow-pickle", action="store_true",
+                     help="allow .ckpt/.bin/.pt weights, which can run code when loaded")
+    gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    gen.set_defaults(run=_generate)
+
+    rec = commands.add_parser("recipes", help="list the recipes, their models and defaults")
+    rec.set_defaults(run=_recipes)
+
+    info = commands.add_parser("info", help="print the generation parameters stored in an image")
+    info.add_argument("image", type=Path)
+    info.set_defaults(run=_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ImagegenError as error:
+        print(f"imagegen: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("imagegen: interrupted", file=sys.stderr)
+        return 130
+
+
+def _request_from_args(args: argparse.Namespace) -> GenerationRequest:
+    from imagegen.recipes import DEFAULT_RECIPE
+
+    if args.from_image is not None:
+        from imagegen.metadata import read_infotext
+        from imagegen.parameters import request_from_infotext
+
+        text = read_infotext(args.from_image)
+        if text is None:
+            raise InvalidRequest(f"{args.from_image} carries no generation parameters")
+        base = request_from_infotext(text)
+    elif args.prompt is None:
+        raise InvalidRequest("a prompt is needed (or --from IMAGE)")
+    else:
+        base = GenerationRequest(prompt=args.prompt, recipe=args.recipe or DEFAULT_RECIPE)
+    given = {f.name: getattr(args, f.name) for f in fields(GenerationRequest)
+             if getattr(args, f.name, None) is not None}
+    suffix_format = IMAGE_SUFFIXES.get(args.output.suffix.lower()) if args.output is not None else None
+    if suffix_format and args.output_format not in (None, suffix_format):
+        raise InvalidRequest(f"--format {args.output_format} contradicts the output file name {args.output}")
+    if suffix_format:
+        given["output_format"] = suffix_format
+    return replace(base, **given)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from imagegen import settings
+    from imagegen.engine import Engine, EngineOptions
+
+    request = _request_from_args(args)
+    request.validate()  # fail on bad input before loading anything
+    engine = Engine(EngineOptions(device=args.device, dtype=args.dtype, offload=args.offload,
+                                  vae_tiling=args.vae_tiling, vae_slicing=args.vae_slicing,
+                                  allow_pickle=args.allow_pickle))
+    with _ProgressBar(enabled=not args.quiet) as bar:
+        images = engine.generate(request, on_step=bar.update)
+    paths = output_paths(args.output or settings.default_output_dir(), len(images),
+                         images[0].request.output_format, [image.seed for image in images])
+    for image, path in zip(images, paths):
+        print(image.save(path))
+    return 0
+
+
+def output_paths(target: Path, count: int, image_format: str, seeds: list[int]) -> list[Path]:
+    """Where each image goes: a file path as given (numbered when several), or new numbered files in a folder."""
+    suffix = ".jpg" if image_format == "jpeg" else f".{image_format}"
+    if target.suffix.lower() in IMAGE_SUFFIXES:
+        if count == 1:
+            return [target]
+        return [target.with_name(f"{target.stem}-{i}{target.suffix}") for i in range(count)]
+    if target.exists() and not target.is_dir():
+        raise InvalidRequest(f"{target} exists and is not a folder")
+    taken = [int(p.name[:5]) for p in target.glob("[0-9][0-9][0-9][0-9][0-9]-*")] if target.is_dir() else []
+    first = max(taken, default=-1) + 1
+    return [target / f"{first + i:05d}-{seed}{suffix}" for i, seed in enumerate(seeds)]
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from imagegen.recipes import RECIPES
+    from imagegen.sources import find_cached
+
+    rows = [("RECIPE", "STEPS", "CFG", "SIZE", "LOCAL", "MODELS")]
+    for recipe in RECIPES.values():
+        d = recipe.defaults
+        present = [find_cached(ref, filename=ref.file_for(d.num_inference_steps)) is not None
+                   for ref in recipe.models.values()]
+        rows.append((recipe.name, str(d.num_inference_steps), f"{d.guidance_scale:g}", f"{d.width}x{d.height}",
+                     "yes" if all(present) else "no", " + ".join(r.name for r in recipe.models.values())))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from imagegen.metadata import read_infotext
+
+    text = read_infotext(args.image)
+    if text is None:
+        print(f"imagegen: {args.image} carries no generation parameters", file=sys.stderr)
+        return 1
+    print(text)
+    return 0
+
+
+class _ProgressBar:
+    """A step counter on stderr, so stdout carries only the result paths."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr is not None
+        self._bar = None
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def update(self, step: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="step", file=sys.stderr, leave=False)
+        self._bar.update(step - self._bar.n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Load pipeline components once and share them between pipelines.
+
+SDXL, LCM-SDXL and SDXL-Lightning differ only in their UNet and scheduler: the text encoders, tokenizers
+and VAE of the SDXL base are loaded once and referenced by every pipeline assembled from them. Components
+are held weakly: one stays in memory exactly as long as some cached pipeline uses it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagegen.errors import ModelNotFound, UnsafeWeights
+from imagegen.sources import LocalModel, ModelRef, check_weights_file, locate
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Where components run and in which dtype; part of every cache key."""
+
+    device: str
+    dtype: str  # "float32", "float16" or "bfloat16"
+
+    @property
+    def variant(self) -> str | None:
+        """Repos publish half-precision copies as the "fp16" variant; use them whenever we run in half."""
+        return "fp16" if self.dtype in ("float16", "bfloat16") else None
+
+    def torch_dtype(self) -> Any:
+        import torch
+
+        return getattr(torch, self.dtype)
+
+
+class ComponentStore:
+    """Loads components by (folder, sub-folder, precision) and hands out the same object while it lives."""
+
+    def __init__(self, *, allow_pickle: bool = False) -> None:
+        self.allow_pickle = allow_pickle
+        self._live: weakref.WeakValueDictionary[tuple, Any] = weakref.WeakValueDictionary()
+        self.loads = 0  # how many components were read from disk: lets tests prove sharing
+
+    def folder(self, model: ModelRef | LocalModel, precision: Precision, *, filename: str | None = None) -> Path:
+        """The local folder of a model, fetched if needed and allowed."""
+        if isinstance(model, LocalModel):
+            return model.path
+        return locate(model, filename=filename, variant=precision.variant, allow_pickle=self.allow_pickle)
+
+    def pipeline_components(self, folder: Path, precision: Precision, *, skip: set[str] = frozenset()) -> dict[str, Any]:
+        """Every component listed in a pipeline folder's model_index.json (but `skip`), plus its init flags."""
+        index = _read_json(folder / "model_index.json")
+        parts: dict[str, Any] = {}
+        for name, value in index.items():
+            if name.startswith("_") or name in skip:
+                continue
+            if isinstance(value, list):
+                library, class_name = value
+                parts[name] = None if library is None else self.component(folder, name, library, class_name, precision)
+            else:
+                parts[name] = value  # flags such as force_zeros_for_empty_prompt
+        return parts
+
+    def component(self, folder: Path, subfolder: str | None, library: str, class_name: str,
+                  precision: Precision) -> Any:
+        """One component; `subfolder` None means the model sits at the folder's root (a UNet-only repo)."""
+        key = (str(folder), subfolder, library, class_name, precision)
+        found = self._live.get(key)
+        if found is None:
+            found = self._load(folder, subfolder, library, class_name, precision)
+            if _is_weakrefable(found):
+                self._live[key] = found
+        return found
+
+    def unet_from_file(self, weights: Path, config_folder: Path, precision: Precision) -> Any:
+        """A UNet whose architecture is the base's config and whose weights are one loose file (SDXL-Lightning)."""
+        key = (str(weights), "unet-file", str(config_folder), precision)
+        found = self._live.get(key)
+        if found is None:
+            import torch
+            from diffusers import UNet2DConditionModel
+            from safetensors.torch import load_file
+
+            check_weights_file(weights, allow_pickle=False)
+            with torch.device("meta"):
+                unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config_folder, subfolder="unet"))
+            # Built on the meta device and filled by assignment: a full-size random init would cost seconds.
+            unet.load_state_dict(load_file(weights), assign=True)
+            found = unet.to(precision.torch_dtype()).eval()
+            self.loads += 1
+            self._live[key] = found
+        return found
+
+    def _load(self, folder: Path, subfolder: str | None, library: str, class_name: str, precision: Precision) -> Any:
+        cls = getattr(importlib.import_module(library), class_name)
+        path = folder / subfolder if subfolder else folder
+        if not path.is_dir():
+            raise ModelNotFound(f"{folder} has no '{subfolder}' folder, which its model_index.json lists")
+        from diffusers import ModelMixin, SchedulerMixin
+
+        if issubclass(cls, SchedulerMixin):
+            return cls.from_pretrained(path)
+        if not _holds_weights(path):
+            return cls.from_pretrained(path)  # tokenizers, feature extractors
+        variant = _variant_present(path, precision.variant)
+        use_safetensors = self._use_safetensors(path, variant)
+        self.loads += 1
+        if issubclass(cls, ModelMixin):
+            return cls.from_pretrained(path, torch_dtype=precision.torch_dtype(), variant=variant,
+                                       use_safetensors=use_safetensors)
+        # transformers reads `dtype`; without it, a config recording float16 would load in float16 on CPU.
+        return cls.from_pretrained(path, dtype=precision.torch_dtype(), variant=variant,
+                                   use_safetensors=use_safetensors)
+
+    def _use_safetensors(self, path: Path, variant: str | None) -> bool | None:
+        infix = f".{variant}" if variant else ""
+        if any(p.name.endswith(f"{infix}.safetensors") for p in path.iterdir()):
+            return True
+        if self.allow_pickle:
+            return None
+        raise UnsafeWeights(
+            f"{path} has pickle weights only (.bin), which can run arbitrary code when loaded; "
+            "convert them to safetensors, or pass --allow-pickle if you trust their source"
+        )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelNotFound(f"{path.parent} is not a diffusers model folder: it has no {path.name}") from None
+    except json.JSONDecodeError as error:
+        raise ModelNotFound(f"{path} is not valid JSON: {error}") from None
+
+
+def _holds_weights(path: Path) -> bool:
+    return any(p.suffix in _WEIGHT_SUFFIXES for p in path.iterdir())
+
+
+def _variant_present(path: Path, wanted: str | None) -> str | None:
+    """The wanted variant if its files are there, else the default files, else any variant there is.
+
+    A cache holding only the fp16 files still works in float32: they are loaded and upcast.
+    """
+    names = [p.name for p in path.iterdir() if p.suffix in _WEIGHT_SUFFIXES]
+    if wanted and any(f".{wanted}." in n for n in names):
+        return wanted
+    if any(n.count(".") == 1 for n in names):
+        return None
+    return next((n.split(".")[-2] for n in names if n.count(".") == 2), None)
+
+
+def _is_weakrefable(value: Any) -> bool:
+    try:
+        weakref.ref(value)
+    except TypeError:
+        return False
+    return True

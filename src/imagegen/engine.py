@@ -1,0 +1,180 @@
+"""Run generation requests: assemble (and keep warm) recipe pipelines, seed them, report progress.
+
+The reproducibility contract lives here: image i of a request with seed s draws its noise from
+`torch.Generator("cpu").manual_seed(s + i)`, on the CPU and then moved to the device (as ComfyUI
+does), so a seed means the same image on every device up to kernel precision.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagegen.components import ComponentStore, Precision
+from imagegen.devices import pick_device, pick_dtype
+from imagegen.errors import Cancelled, InvalidRequest, ModelNotFound
+from imagegen.recipes import get_recipe
+from imagegen.recipes.base import Recipe
+from imagegen.request import GeneratedImage, GenerationRequest
+from imagegen.schedulers import describe, make_scheduler
+from imagegen.sources import LocalModel, ModelRef, locate, parse_model_argument
+
+OFFLOAD_MODES = ("none", "model", "sequential")
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine uses the machine; fixed for an engine's life, since loaded pipelines depend on it."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    offload: str = "none"  # "model": whole models move to the GPU in turn; "sequential": layer by layer
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    allow_pickle: bool = False
+    max_pipelines: int = 2  # assembled pipelines kept warm; their shared components count once
+
+
+class Engine:
+    """Keeps pipelines warm between requests; one request runs at a time."""
+
+    def __init__(self, options: EngineOptions = EngineOptions()) -> None:
+        if options.offload not in OFFLOAD_MODES:
+            raise InvalidRequest(f"unknown offload mode {options.offload!r}; choose one of {', '.join(OFFLOAD_MODES)}")
+        self.options = options
+        self.device = pick_device(options.device)
+        if options.offload != "none" and self.device == "cpu":
+            raise InvalidRequest("CPU offload moves models between the CPU and a GPU; there is no GPU here")
+        self.store = ComponentStore(allow_pickle=options.allow_pickle)
+        self._pipelines: OrderedDict[tuple, tuple[Any, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def generate(self, request: GenerationRequest, *, on_step: ProgressFn | None = None,
+                 cancel: threading.Event | None = None) -> list[GeneratedImage]:
+        """Run one request; `on_step(i, n)` after each denoising step; `cancel` set stops before the next."""
+        import torch
+
+        from imagegen.parameters import infotext_for
+
+        recipe = get_recipe(request.recipe)
+        resolved = request.resolve(recipe)
+        with self._lock:
+            pipe, recipe_scheduler = self._pipeline(recipe, resolved)
+            # A fresh scheduler per call: schedulers keep per-run state (timesteps, step index).
+            pipe.scheduler = make_scheduler(resolved.scheduler, recipe_scheduler.config) if resolved.scheduler \
+                else type(recipe_scheduler).from_config(recipe_scheduler.config)
+            seeds = resolved.image_seeds()
+            images = pipe(
+                **recipe.arguments(resolved),
+                num_images_per_prompt=resolved.num_images,
+                generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+                callback_on_step_end=_step_callback(on_step, cancel, resolved.num_inference_steps),
+                output_type="pil",
+            ).images
+        sampler = describe(pipe.scheduler)
+        return [GeneratedImage(image, seed, infotext_for(resolved, seed, sampler), resolved)
+                for image, seed in zip(images, seeds)]
+
+    def precision(self, recipe: Recipe) -> Precision:
+        return Precision(self.device, pick_dtype(self.device, self.options.dtype, recipe.gpu_dtype))
+
+    def _pipeline(self, recipe: Recipe, request: GenerationRequest) -> tuple[Any, Any]:
+        """The recipe's pipeline for this request, from the warm cache or assembled now."""
+        precision = self.precision(recipe)
+        key = (recipe.name, request.model, recipe.cache_key(request), precision)
+        if key in self._pipelines:
+            self._pipelines.move_to_end(key)
+            return self._pipelines[key]
+        context = _Context(self.store, recipe, request, precision)
+        pipe = recipe.build(context)
+        pipe.set_progress_bar_config(disable=True)
+        self._place(pipe)
+        entry = (pipe, pipe.scheduler)
+        self._pipelines[key] = entry
+        while len(self._pipelines) > self.options.max_pipelines:
+            self._pipelines.popitem(last=False)  # its components stay while another pipeline uses them
+        return entry
+
+    def _place(self, pipe: Any) -> None:
+        if self.options.offload == "model":
+            pipe.enable_model_cpu_offload(device=self.device)
+        elif self.options.offload == "sequential":
+            pipe.enable_sequential_cpu_offload(device=self.device)
+        else:
+            pipe.to(self.device)
+        vae = getattr(pipe, "vae", None)
+        if vae is not None and self.options.vae_tiling:
+            vae.enable_tiling()
+        if vae is not None and self.options.vae_slicing:
+            vae.enable_slicing()
+
+
+def _step_callback(on_step: ProgressFn | None, cancel: threading.Event | None, total: int) -> Callable[..., dict]:
+    def callback(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+        if on_step is not None:
+            on_step(step + 1, getattr(pipe, "_num_timesteps", None) or total)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("generation was cancelled")
+        return callback_kwargs
+
+    return callback
+
+
+class _Context:
+    """The BuildContext a recipe assembles its pipeline from."""
+
+    def __init__(self, store: ComponentStore, recipe: Recipe, request: GenerationRequest, precision: Precision):
+        self.store, self.recipe, self.request, self.precision = store, recipe, request, precision
+
+    def model(self, role: str) -> ModelRef | LocalModel:
+        if role == "base" and self.request.model:
+            return parse_model_argument(self.request.model, allow_pickle=self.store.allow_pickle)
+        return self.recipe.models[role]
+
+    def folder(self, role: str, filename: str | None = None) -> Path:
+        return self.store.folder(self.model(role), self.precision, filename=filename)
+
+    def pipeline(self, role: str = "base", **replace: Any) -> Any:
+        model = self.model(role)
+        if isinstance(model, LocalModel) and model.is_single_file:
+            return self._single_file_pipeline(model, role, replace)
+        folder = self.folder(role)
+        parts = self.store.pipeline_components(folder, self.precision, skip=set(replace))
+        return _pipeline_class(folder)(**parts, **replace)
+
+    def component(self, role: str, class_name: str, *, subfolder: str | None = None,
+                  library: str = "diffusers") -> Any:
+        return self.store.component(self.folder(role), subfolder, library, class_name, self.precision)
+
+    def unet_from_file(self, role: str, *, config_role: str = "base") -> Any:
+        filename = self.recipe.models[role].file_for(self.request.num_inference_steps)
+        weights = self.folder(role, filename) / filename
+        return self.store.unet_from_file(weights, self.folder(config_role), self.precision)
+
+    def _single_file_pipeline(self, model: LocalModel, role: str, replace: dict[str, Any]) -> Any:
+        """A civitai-style checkpoint: its weights, with the architecture configs of the recipe's own model."""
+        published = self.recipe.models[role]
+        try:
+            config = locate(published, variant=self.precision.variant)
+        except ModelNotFound as error:
+            raise ModelNotFound(
+                f"{model.path} is a single-file checkpoint; reading it needs the configs of {published.name}, "
+                f"which are not available: {error}"
+            ) from None
+        return _pipeline_class(config).from_single_file(
+            str(model.path), config=str(config), torch_dtype=self.precision.torch_dtype(), **replace
+        )
+
+
+def _pipeline_class(folder: Path) -> type:
+    import json
+
+    import diffusers
+
+    class_name = json.loads((folder / "model_index.json").read_text())["_class_name"]
+    return getattr(diffusers, class_name)

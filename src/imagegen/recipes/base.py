@@ -1,0 +1,93 @@
+"""What a recipe is: data (models, defaults, precision) plus one small build function.
+
+The engine knows nothing about any particular recipe: it resolves the request against the recipe's
+defaults, asks the recipe to assemble a pipeline from shared components (`BuildContext`), and calls
+that pipeline with the arguments the recipe derives from the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from imagegen.errors import InvalidRequest
+from imagegen.request import GenerationRequest
+from imagegen.sources import LocalModel, ModelRef
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The seed's parameters for a recipe; every request option left out takes these."""
+
+    num_inference_steps: int
+    guidance_scale: float
+    width: int
+    height: int
+    negative_prompt: str = ""
+
+
+class BuildContext(Protocol):
+    """What a recipe's build function may ask the engine for; every component it returns is shared."""
+
+    request: GenerationRequest
+
+    def model(self, role: str) -> ModelRef | LocalModel:
+        """The recipe's model for `role`; "base" is the one `--model` replaces."""
+
+    def folder(self, role: str) -> Path:
+        """The local folder of the model for `role`, fetched if needed."""
+
+    def pipeline(self, role: str = "base", **replace: Any) -> Any:
+        """The pipeline in the `role` model's folder, with the given components replacing its own."""
+
+    def component(self, role: str, class_name: str, *, subfolder: str | None = None,
+                  library: str = "diffusers") -> Any:
+        """One component stored in the `role` model's folder (at its root when `subfolder` is None)."""
+
+    def unet_from_file(self, role: str, *, config_role: str = "base") -> Any:
+        """A UNet with `config_role`'s architecture and weights from the `role` repo's file for this step count."""
+
+
+BuildFn = Callable[[BuildContext], Any]
+ArgumentsFn = Callable[[GenerationRequest], dict[str, Any]]
+
+
+def text_to_image_arguments(request: GenerationRequest) -> dict[str, Any]:
+    """The pipeline call of a text-to-image recipe.
+
+    An empty negative prompt is passed as None, as the seed's code does by leaving it out: SDXL then
+    uses zero embeddings (force_zeros_for_empty_prompt) where "" would encode the empty text.
+    """
+    return {
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt or None,
+        "num_inference_steps": request.num_inference_steps,
+        "guidance_scale": request.guidance_scale,
+        "width": request.width,
+        "height": request.height,
+    }
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A generation method as data; see the recipes package for the instances."""
+
+    name: str
+    summary: str
+    models: Mapping[str, ModelRef]  # role -> model; "base" is what `--model` replaces
+    defaults: Defaults
+    build: BuildFn
+    arguments: ArgumentsFn = text_to_image_arguments
+    gpu_dtype: str = "float16"
+    allowed_steps: tuple[int, ...] | None = None  # distilled UNets exist for these step counts only
+    cache_key: Callable[[GenerationRequest], object] = field(default=lambda request: None)
+
+    def check(self, request: GenerationRequest) -> None:
+        """Recipe-specific limits, after the general ones."""
+        if self.allowed_steps and request.num_inference_steps not in self.allowed_steps:
+            steps = ", ".join(map(str, self.allowed_steps))
+            raise InvalidRequest(
+                f"recipe {self.name} has models for {steps} steps only, got {request.num_inference_steps}"
+            )

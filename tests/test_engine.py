@@ -1,0 +1,114 @@
+"""The engine against the seed's own diffusers code, on the same tiny weights: identical pixels."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import seed_reference
+
+from imagegen.errors import Cancelled, InvalidRequest
+from imagegen.request import GenerationRequest
+
+PROMPT = "Beautiful and cute girl, rain jacket, soft lighting"
+SIZE = {"width": 64, "height": 64}
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"))
+
+
+def run(engine, recipe: str, **options):
+    return engine.generate(GenerationRequest(prompt=PROMPT, recipe=recipe, **{**SIZE, **options}))
+
+
+@pytest.mark.parametrize(
+    ("recipe", "options", "reference"),
+    [
+        ("sdxl", {"num_inference_steps": 3}, lambda: seed_reference.sdxl(PROMPT, seed=7, steps=3, **SIZE)),
+        ("sdxl-turbo", {}, lambda: seed_reference.sdxl_turbo(PROMPT, seed=7, **SIZE)),
+        ("lcm-sdxl", {}, lambda: seed_reference.lcm_sdxl(PROMPT, seed=7, **SIZE)),
+        ("sdxl-lightning", {}, lambda: seed_reference.sdxl_lightning(PROMPT, seed=7, steps=4, **SIZE)),
+        ("sdxl-lightning", {"num_inference_steps": 1},
+         lambda: seed_reference.sdxl_lightning(PROMPT, seed=7, steps=1, **SIZE)),
+        ("sdxl-lightning", {"num_inference_steps": 2},
+         lambda: seed_reference.sdxl_lightning(PROMPT, seed=7, steps=2, **SIZE)),
+    ],
+)
+def test_recipe_matches_the_seed_code_pixel_for_pixel(engine, recipe, options, reference) -> None:
+    ours = run(engine, recipe, seed=7, **options)
+    theirs = reference()
+    assert len(ours) == len(theirs) == 1
+    assert ours[0].image.size == (64, 64)
+    np.testing.assert_array_equal(pixels(ours[0].image), pixels(theirs[0]))
+
+
+def test_several_images_use_seed_plus_index(engine) -> None:
+    batch = run(engine, "sdxl-turbo", seed=11, num_images=3)
+    assert [image.seed for image in batch] == [11, 12, 13]
+    reference = seed_reference.sdxl_turbo(PROMPT, seed=11, num_images=3, **SIZE)
+    for ours, theirs in zip(batch, reference):
+        np.testing.assert_array_equal(pixels(ours.image), pixels(theirs))
+    alone = run(engine, "sdxl-turbo", seed=12)
+    # Same noise; CPU kernels sum in a batch-size-dependent order, so allow one level of rounding.
+    difference = np.abs(pixels(alone[0].image).astype(int) - pixels(batch[1].image).astype(int))
+    assert difference.max() <= 1
+
+
+def test_no_seed_draws_one_and_reports_it(engine) -> None:
+    first = run(engine, "sdxl-turbo")[0]
+    again = run(engine, "sdxl-turbo", seed=first.seed)[0]
+    assert f"Seed: {first.seed}," in first.infotext
+    np.testing.assert_array_equal(pixels(first.image), pixels(again.image))
+
+
+def test_recipes_share_the_sdxl_base_text_encoders_and_vae(engine) -> None:
+    from imagegen.recipes import get_recipe
+
+    run(engine, "sdxl", seed=1, num_inference_steps=1)
+    loads_before = engine.store.loads
+    run(engine, "lcm-sdxl", seed=1)
+    assert engine.store.loads == loads_before + 1, "switching to LCM loads its UNet and nothing else"
+    pipelines = [entry[0] for entry in engine._pipelines.values()]
+    sdxl_pipe, lcm_pipe = pipelines[-2:]
+    for name in ("text_encoder", "text_encoder_2", "vae", "tokenizer"):
+        assert getattr(sdxl_pipe, name) is getattr(lcm_pipe, name)
+    assert sdxl_pipe.unet is not lcm_pipe.unet
+    assert get_recipe("lcm-sdxl").models["base"] == get_recipe("sdxl").models["base"]
+
+
+def test_progress_reports_every_step(engine) -> None:
+    seen: list[tuple[int, int]] = []
+    engine.generate(GenerationRequest(prompt=PROMPT, recipe="lcm-sdxl", seed=3, **SIZE),
+                    on_step=lambda i, n: seen.append((i, n)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_cancel_stops_between_steps(engine) -> None:
+    cancel = threading.Event()
+    seen: list[int] = []
+
+    def on_step(i: int, n: int) -> None:
+        seen.append(i)
+        if i == 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        engine.generate(GenerationRequest(prompt=PROMPT, recipe="lcm-sdxl", seed=3, **SIZE),
+                        on_step=on_step, cancel=cancel)
+    assert seen == [1, 2]
+    assert len(run(engine, "lcm-sdxl", seed=3)) == 1, "the engine still works after a cancel"
+
+
+def test_scheduler_override_changes_the_sampler(engine) -> None:
+    image = run(engine, "sdxl", seed=5, num_inference_steps=2, scheduler="dpm++2m-karras")[0]
+    assert "Sampler: DPM++ 2M, Schedule type: Karras," in image.infotext
+    plain = run(engine, "sdxl", seed=5, num_inference_steps=2)[0]
+    assert "Sampler: Euler," in plain.infotext
+    assert not np.array_equal(pixels(image.image), pixels(plain.image))
+
+
+def test_lightning_refuses_step_counts_it_has_no_unet_for(engine) -> None:
+    with pytest.raises(InvalidRequest, match="1, 2, 4, 8 steps only, got 3"):
+        run(engine, "sdxl-lightning", num_inference_steps=3)
