@@ -40,7 +40,14 @@ def default_engine() -> Engine:
 
 def generate(prompt: str, recipe: str | None = None, **options: Any) -> list[GeneratedImage]:
     """Generate images with the default engine; options are GenerationRequest's fields."""
+    from dataclasses import fields
+
+    from imagegen.errors import InvalidRequest
     from imagegen.recipes import DEFAULT_RECIPE
     from imagegen.request import GenerationRequest
 
+    known = {f.name for f in fields(GenerationRequest)} - {"prompt", "recipe"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InvalidRequest(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return default_engine().generate(GenerationRequest(prompt=prompt, recipe=recipe or DEFAULT_RECIPE, **options))

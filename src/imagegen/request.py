@@ -68,14 +68,19 @@ class GenerationRequest:
         return filled
 
     def validate(self) -> None:
-        """Check the recipe-independent limits; raises InvalidRequest naming the option."""
+        """Check the recipe-independent limits of the options given; raises InvalidRequest naming the option.
+
+        Options still None (the recipe's default) pass here; `resolve` checks them once filled.
+        """
         if not isinstance(self.prompt, str):
             raise InvalidRequest("prompt must be text")
         if len(self.prompt) > MAX_PROMPT_CHARS or len(self.negative_prompt or "") > MAX_PROMPT_CHARS:
             raise InvalidRequest(f"prompt and negative prompt are limited to {MAX_PROMPT_CHARS} characters")
         for name in ("width", "height"):
-            _check_side(name, getattr(self, name))
-        _check_int("num_inference_steps (steps)", self.num_inference_steps, 1, MAX_STEPS)
+            if getattr(self, name) is not None:
+                _check_side(name, getattr(self, name))
+        if self.num_inference_steps is not None:
+            _check_int("num_inference_steps (steps)", self.num_inference_steps, 1, MAX_STEPS)
         _check_int("num_images (n)", self.num_images, 1, MAX_IMAGES)
         if self.seed is not None:
             _check_int("seed", self.seed, 0, MAX_SEED)

@@ -29,6 +29,11 @@ def hf_offline() -> bool:
     return _flag("HF_HUB_OFFLINE")
 
 
+def hf_endpoint() -> str | None:
+    """HF_ENDPOINT: a mirror of the Hugging Face hub (None: huggingface_hub's default)."""
+    return os.environ.get("HF_ENDPOINT") or None
+
+
 def modelscope_cache() -> Path:
     """ModelScope's cache root: MODELSCOPE_CACHE, else ~/.cache/modelscope/hub (ModelScope's default)."""
     if os.environ.get("MODELSCOPE_CACHE"):

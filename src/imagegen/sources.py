@@ -183,7 +183,7 @@ def _hf_fetch(ref: ModelRef, patterns: list[str], looked: list[str]) -> Path | N
 
     try:
         return Path(snapshot_download(ref.hf_id, cache_dir=settings.hf_hub_cache(), allow_patterns=patterns,
-                                      etag_timeout=settings.HUB_TIMEOUT_S))
+                                      etag_timeout=settings.HUB_TIMEOUT_S, endpoint=settings.hf_endpoint()))
     except Exception as error:  # noqa: BLE001 - any hub failure means "not there"; we say why below
         looked.append(f"the Hugging Face hub: {type(error).__name__}: {str(error).splitlines()[0][:160]}")
         return None

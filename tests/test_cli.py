@@ -1,0 +1,125 @@
+"""The `imagegen` command, run as a user runs it: in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+FAST = ["--recipe", "sdxl-turbo", "--width", "64", "--height", "64", "--seed", "42"]
+
+
+def imagegen(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "imagegen.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def generated(hf_cache, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "turbo.png"
+    result = imagegen("generate", "a red fox", *FAST, "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(out)
+    return out
+
+
+def test_generate_writes_the_image_with_its_parameters(generated) -> None:
+    image = Image.open(generated)
+    assert image.size == (64, 64)
+    text = image.info["parameters"]
+    assert text.startswith("a red fox\nSteps: 1, Sampler: Euler a, CFG scale: 0.0, Seed: 42, Size: 64x64, ")
+    assert "Model: stabilityai/sdxl-turbo, Recipe: sdxl-turbo" in text
+
+
+def test_info_prints_the_parameters(generated) -> None:
+    result = imagegen("info", str(generated))
+    assert result.returncode == 0
+    assert result.stdout.strip() == Image.open(generated).info["parameters"]
+
+
+def test_an_image_regenerated_from_its_infotext_is_identical(generated, tmp_path) -> None:
+    again = tmp_path / "again.png"
+    result = imagegen("generate", "--from", str(generated), "-o", str(again))
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(generated)))
+    assert Image.open(again).info["parameters"] == Image.open(generated).info["parameters"]
+
+
+def test_several_images_into_a_folder_with_progress_on_stderr(hf_cache, tmp_path) -> None:
+    result = imagegen("generate", "a boat", "--recipe", "lcm-sdxl", "--width", "64", "--height", "64",
+                      "--seed", "9", "-n", "2", "-o", str(tmp_path), "--format", "webp")
+    assert result.returncode == 0, result.stderr
+    paths = result.stdout.split()
+    assert paths == [str(tmp_path / "00000-9.webp"), str(tmp_path / "00001-10.webp")]
+    assert "4/4" in result.stderr
+    info = imagegen("info", paths[1])
+    assert "Seed: 10," in info.stdout and "Sampler: LCM" in info.stdout
+
+
+def test_recipes_lists_defaults_and_local_availability(hf_cache) -> None:
+    result = imagegen("recipes")
+    assert result.returncode == 0
+    lines = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    assert lines["sdxl-turbo"][:5] == ["sdxl-turbo", "1", "0", "512x512", "yes"]
+    assert lines["lcm-sdxl"][:5] == ["lcm-sdxl", "4", "8", "1024x1024", "yes"]
+    assert lines["sdxl-lightning"][4] == "yes"
+
+
+def test_recipes_says_no_for_models_not_on_disk(tmp_path) -> None:
+    result = imagegen("recipes", env={"HF_HUB_CACHE": str(tmp_path), "MODELSCOPE_CACHE": str(tmp_path)})
+    assert all(line.split()[4] == "no" for line in result.stdout.splitlines()[1:])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--width", "100"], "width must be a multiple of 8, got 100"),
+        (["--steps", "0"], "steps) must be between 1 and 150, got 0"),
+        (["-n", "99"], "(n) must be between 1 and 16, got 99"),
+        (["--guidance", "nan"], "must be a finite number"),
+        (["--seed", "-5"], "seed must be between 0 and 4294967295"),
+        (["--recipe", "sdxl-lightning", "--steps", "3"], "has models for 1, 2, 4, 8 steps only"),
+        (["--model", "./missing-folder"], "no such file or folder"),
+        (["-o", "x.png", "--format", "jpeg"], "--format jpeg contradicts the output file name x.png"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_one_line(hf_cache, args, message) -> None:
+    result = imagegen("generate", "a cat", "--recipe", "sdxl-turbo", *args)
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("imagegen: error: ")
+    assert message in result.stderr
+
+
+def test_unreachable_hub_fails_fast_with_a_message(tmp_path) -> None:
+    """No cache, hub asked but unreachable (a closed local port): a clear error within seconds, no hang."""
+    started = time.monotonic()
+    result = imagegen("generate", "a cat", *FAST, "-o", str(tmp_path / "x.png"),
+                      env={"HF_HUB_CACHE": str(tmp_path), "MODELSCOPE_CACHE": str(tmp_path),
+                           "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert time.monotonic() - started < 60
+    assert result.returncode == 3
+    assert result.stderr.startswith("imagegen: error: model stabilityai/sdxl-turbo is not available")
+    assert "the Hugging Face hub:" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_info_on_a_file_without_parameters_or_not_an_image(tmp_path) -> None:
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    (tmp_path / "text.png").write_text("hello")
+    assert imagegen("info", str(tmp_path / "plain.png")).returncode == 1
+    broken = imagegen("info", str(tmp_path / "text.png"))
+    assert broken.returncode == 2 and broken.stderr.startswith("imagegen: error: ")
+
+
+def test_help_does_not_import_torch() -> None:
+    code = ("import sys\nfrom imagegen.cli import main\ntry:\n    main(['generate', '--help'])\n"
+            "except SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().endswith("[]"), result.stdout

@@ -1,0 +1,103 @@
+"""Where models come from: the Hugging Face cache, ModelScope's cache, a local path; safetensors only."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_models import SDXL_TURBO, snapshot_path, write_modelscope_copy
+
+from imagegen.engine import Engine, EngineOptions
+from imagegen.errors import ModelNotFound, UnsafeWeights
+from imagegen.request import GenerationRequest
+from imagegen.sources import LocalModel, ModelRef, locate, parse_model_argument
+
+TURBO = {"prompt": "a lighthouse", "recipe": "sdxl-turbo", "seed": 3, "width": 64, "height": 64}
+
+
+def turbo_pixels(engine: Engine, **options) -> np.ndarray:
+    return np.asarray(engine.generate(GenerationRequest(**{**TURBO, **options}))[0].image)
+
+
+@pytest.fixture(scope="module")
+def reference_pixels(engine) -> np.ndarray:
+    return turbo_pixels(engine)
+
+
+def test_missing_model_names_it_where_we_looked_and_how_to_get_it(hf_cache, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelNotFound) as error:
+        locate(ModelRef("stabilityai/sdxl-turbo", "AI-ModelScope/sdxl-turbo"))
+    message = str(error.value)
+    assert "model stabilityai/sdxl-turbo is not available" in message
+    assert f"Hugging Face cache {tmp_path}" in message
+    assert "HF_HUB_OFFLINE is set" in message
+    assert "hf download stabilityai/sdxl-turbo" in message
+    assert "modelscope download --model AI-ModelScope/sdxl-turbo" in message
+
+
+def test_modelscope_cache_is_used_when_hugging_face_has_nothing(hf_cache, tmp_path, monkeypatch,
+                                                                reference_pixels) -> None:
+    modelscope = tmp_path / "modelscope"
+    write_modelscope_copy(hf_cache, modelscope, SDXL_TURBO, "AI-ModelScope/sdxl-turbo")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(modelscope))
+    found = locate(ModelRef("stabilityai/sdxl-turbo", "AI-ModelScope/sdxl-turbo"))
+    assert found.is_relative_to(modelscope)
+    np.testing.assert_array_equal(turbo_pixels(Engine(EngineOptions(device="cpu"))), reference_pixels)
+
+
+def test_a_local_folder_replaces_the_recipe_model(hf_cache, tmp_path, reference_pixels) -> None:
+    local = tmp_path / "my-turbo"
+    shutil.copytree(snapshot_path(hf_cache, SDXL_TURBO), local)
+    pixels = turbo_pixels(Engine(EngineOptions(device="cpu")), model=str(local))
+    np.testing.assert_array_equal(pixels, reference_pixels)
+
+
+def test_fp16_only_files_load_and_upcast_on_cpu(hf_cache, tmp_path) -> None:
+    local = tmp_path / "fp16-only"
+    shutil.copytree(snapshot_path(hf_cache, SDXL_TURBO), local)
+    for weights in local.glob("*/*.safetensors"):
+        if ".fp16." not in weights.name:
+            weights.unlink()
+    engine = Engine(EngineOptions(device="cpu"))
+    image = engine.generate(GenerationRequest(**{**TURBO, "model": str(local)}))[0]
+    assert image.image.size == (64, 64)
+    unet = next(iter(engine._pipelines.values()))[0].unet
+    assert str(unet.dtype) == "torch.float32"
+
+
+@pytest.mark.parametrize("name", ["model.ckpt", "model.bin", "model.pt"])
+def test_pickle_checkpoints_are_refused(tmp_path, name) -> None:
+    (tmp_path / name).write_bytes(b"not really a pickle")
+    with pytest.raises(UnsafeWeights, match="pickle checkpoint.*--allow-pickle"):
+        parse_model_argument(str(tmp_path / name))
+    assert isinstance(parse_model_argument(str(tmp_path / name), allow_pickle=True), LocalModel)
+
+
+def test_a_folder_with_pickle_weights_needs_allow_pickle(hf_cache, tmp_path) -> None:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    local = tmp_path / "pickled"
+    shutil.copytree(snapshot_path(hf_cache, SDXL_TURBO), local)
+    unet = UNet2DConditionModel.from_pretrained(local / "unet")
+    for weights in (local / "unet").glob("*.safetensors"):
+        weights.unlink()
+    torch.save(unet.state_dict(), local / "unet" / "diffusion_pytorch_model.bin")
+    request = GenerationRequest(**{**TURBO, "model": str(local)})
+    with pytest.raises(UnsafeWeights, match="pickle weights only"):
+        Engine(EngineOptions(device="cpu")).generate(request)
+    assert len(Engine(EngineOptions(device="cpu", allow_pickle=True)).generate(request)) == 1
+
+
+@pytest.mark.parametrize("value", ["./nowhere", "/no/such/model.safetensors", "not-a-hub-id", "a/b/c"])
+def test_model_arguments_that_are_neither_paths_nor_hub_ids(value) -> None:
+    with pytest.raises(ModelNotFound, match="no such file or folder"):
+        parse_model_argument(value)
+
+
+def test_a_hub_id_is_a_model_reference() -> None:
+    assert parse_model_argument("someone/my-sdxl") == ModelRef("someone/my-sdxl")
