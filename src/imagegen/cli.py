@@ -176,7 +176,7 @@ class _ProgressBar:
         if self._bar is None:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, unit="step", file=sys.stderr, leave=False)
+            self._bar = tqdm(total=total, unit="step", file=sys.stderr)
         self._bar.update(step - self._bar.n)
 
     def __exit__(self, *exc: object) -> None:
