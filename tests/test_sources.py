@@ -101,3 +101,46 @@ def test_model_arguments_that_are_neither_paths_nor_hub_ids(value) -> None:
 
 def test_a_hub_id_is_a_model_reference() -> None:
     assert parse_model_argument("someone/my-sdxl") == ModelRef("someone/my-sdxl")
+
+
+def test_half_precision_uses_the_fp16_files_and_falls_back_per_component(hf_cache, tmp_path) -> None:
+    local = tmp_path / "no-fp16-unet"
+    shutil.copytree(snapshot_path(hf_cache, SDXL_TURBO), local)
+    (local / "unet" / "diffusion_pytorch_model.fp16.safetensors").unlink()
+    engine = Engine(EngineOptions(device="cpu", dtype="float16"))
+    assert len(engine.generate(GenerationRequest(**{**TURBO, "model": str(local)}))) == 1
+    pipe = next(iter(engine._pipelines.values()))[0]
+    assert str(pipe.unet.dtype) == str(pipe.text_encoder.dtype) == "torch.float16"
+
+
+def test_hub_download_asks_for_one_precision_and_fills_gaps(hf_cache, tmp_path, monkeypatch) -> None:
+    """With the network allowed, only configs and the wanted variant's weights are fetched; a component
+    without fp16 files gets its default files. The hub is replaced by a copy of the tiny repo."""
+    import fnmatch
+
+    import huggingface_hub
+
+    source = tmp_path / "published"
+    shutil.copytree(snapshot_path(hf_cache, SDXL_TURBO), source)
+    (source / "unet" / "diffusion_pytorch_model.fp16.safetensors").unlink()
+    (source / "sd_xl_turbo_1.0.safetensors").write_bytes(b"a 7 GB single-file checkpoint we never fetch")
+    downloaded = tmp_path / "downloaded"
+    asked: list[list[str]] = []
+
+    def fake_snapshot_download(repo_id: str, *, allow_patterns: list[str], **_: object) -> str:
+        asked.append(allow_patterns)
+        for file in source.rglob("*"):
+            name = file.relative_to(source).as_posix()
+            if file.is_file() and any(fnmatch.fnmatch(name, p) for p in allow_patterns):
+                (downloaded / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(file, downloaded / name)
+        return str(downloaded)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    assert locate(ModelRef(SDXL_TURBO), variant="fp16") == downloaded
+    weights = sorted(p.relative_to(downloaded).as_posix() for p in downloaded.rglob("*.safetensors"))
+    assert weights == ["text_encoder/model.fp16.safetensors", "text_encoder_2/model.fp16.safetensors",
+                       "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors"]
+    assert len(asked) == 2 and asked[1] == ["unet/*.safetensors"]
