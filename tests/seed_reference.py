@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tiny_models import LCM_SDXL, LIGHTNING_STEPS, SDXL_BASE, SDXL_LIGHTNING, SDXL_TURBO
+from tiny_models import DIT_256, LCM_SDXL, LIGHTNING_STEPS, SDXL_BASE, SDXL_LIGHTNING, SDXL_TURBO
 
 if TYPE_CHECKING:
     import torch
@@ -142,6 +142,23 @@ def sdxl_lightning(
         width=width,
         height=height,
         num_images_per_prompt=num_images,
+        generator=_generators(seed, num_images),
+    ).images
+
+
+def dit(class_name: str, *, seed: int, steps: int = 25, guidance: float = 4.0, num_images: int = 1) -> list[Image]:
+    """diffusers' DiT example (the seed describes DiT's inference chain; this is its diffusers form)."""
+    import torch
+    from diffusers import DiTPipeline, DPMSolverMultistepScheduler
+
+    pipe = DiTPipeline.from_pretrained(DIT_256, torch_dtype=torch.float32)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe = pipe.to(DEVICE)
+    class_ids = pipe.get_label_ids([class_name])
+    return pipe(
+        class_labels=class_ids * num_images,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
         generator=_generators(seed, num_images),
     ).images
 

@@ -20,7 +20,7 @@ def pixels(image) -> np.ndarray:
 
 
 def run(engine, recipe: str, **options):
-    return engine.generate(GenerationRequest(prompt=PROMPT, recipe=recipe, **{**SIZE, **options}))
+    return engine.generate(GenerationRequest(**{"prompt": PROMPT, "recipe": recipe, **SIZE, **options}))
 
 
 @pytest.mark.parametrize(
@@ -35,6 +35,7 @@ def run(engine, recipe: str, **options):
         ("sdxl-lightning", {"num_inference_steps": 2},
          lambda: seed_reference.sdxl_lightning(PROMPT, seed=7, steps=2, **SIZE)),
     ],
+    ids=["sdxl", "sdxl-turbo", "lcm-sdxl", "lightning-4", "lightning-1", "lightning-2"],
 )
 def test_recipe_matches_the_seed_code_pixel_for_pixel(engine, recipe, options, reference) -> None:
     ours = run(engine, recipe, seed=7, **options)
@@ -112,3 +113,24 @@ def test_scheduler_override_changes_the_sampler(engine) -> None:
 def test_lightning_refuses_step_counts_it_has_no_unet_for(engine) -> None:
     with pytest.raises(InvalidRequest, match="1, 2, 4, 8 steps only, got 3"):
         run(engine, "sdxl-lightning", num_inference_steps=3)
+
+
+@pytest.mark.parametrize("prompt", ["golden retriever", "Golden  Retriever", "207"])
+def test_dit_matches_diffusers_dit_pipeline(engine, prompt) -> None:
+    ours = engine.generate(GenerationRequest(prompt=prompt, recipe="dit", seed=4, num_images=2,
+                                             num_inference_steps=5, **SIZE))
+    theirs = seed_reference.dit("golden retriever", seed=4, steps=5, num_images=2)
+    for mine, reference in zip(ours, theirs):
+        np.testing.assert_array_equal(pixels(mine.image), pixels(reference))
+    assert "Sampler: DPM++ 2M," in ours[0].infotext and "Model: facebook/DiT-XL-2-256" in ours[0].infotext
+
+
+def test_dit_reports_progress_and_refuses_unknown_classes_and_sizes(engine) -> None:
+    seen: list[tuple[int, int]] = []
+    engine.generate(GenerationRequest(prompt="otter", recipe="dit", seed=1, num_inference_steps=3, **SIZE),
+                    on_step=lambda i, n: seen.append((i, n)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    with pytest.raises(InvalidRequest, match="knows no class 'golden retreiver'.*Did you mean 'golden retriever'"):
+        run(engine, "dit", prompt="golden retreiver")
+    with pytest.raises(InvalidRequest, match="generates 64x64 images only, got 128x128"):
+        engine.generate(GenerationRequest(prompt="otter", recipe="dit", width=128, height=128))

@@ -28,11 +28,14 @@ SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 SDXL_TURBO = "stabilityai/sdxl-turbo"
 LCM_SDXL = "latent-consistency/lcm-sdxl"
 SDXL_LIGHTNING = "ByteDance/SDXL-Lightning"
+DIT_256 = "facebook/DiT-XL-2-256"
+# A few real ImageNet names at their real ids; the other classes get placeholder names.
+DIT_NAMED_CLASSES = {207: "golden retriever", 360: "otter", 88: "macaw"}
 
 LIGHTNING_STEPS = (1, 2, 4, 8)
 
 # Base of the per-component seeds: each repo differs, so e.g. Turbo's UNet is not the base UNet.
-_REPO_SEEDS = {SDXL_BASE: 0, SDXL_TURBO: 100, LCM_SDXL: 200, SDXL_LIGHTNING: 300}
+_REPO_SEEDS = {SDXL_BASE: 0, SDXL_TURBO: 100, LCM_SDXL: 200, SDXL_LIGHTNING: 300, DIT_256: 400}
 
 # Scheduler configs as in the real repos' scheduler/scheduler_config.json (SDXL base 1.0 and SDXL-Turbo).
 _SDXL_SCHEDULER = {
@@ -99,6 +102,7 @@ def build_hf_cache(cache_dir: Path, *, scale: int = 1) -> None:
     _build_repo(cache_dir, SDXL_TURBO, lambda folder: _write_sdxl_pipeline(folder, SDXL_TURBO, scale, _TURBO_SCHEDULER))
     _build_repo(cache_dir, LCM_SDXL, lambda folder: _write_lcm_unet(folder, scale))
     _build_repo(cache_dir, SDXL_LIGHTNING, lambda folder: _write_lightning_unets(folder, scale))
+    _build_repo(cache_dir, DIT_256, _write_dit_pipeline)
 
 
 def snapshot_path(cache_dir: Path, repo_id: str) -> Path:
@@ -238,6 +242,34 @@ def _write_lightning_unets(folder: Path, scale: int) -> None:
         unet = _unet(scale, _REPO_SEEDS[SDXL_LIGHTNING] + steps)
         state_dict = {key: tensor.to(torch.float16).contiguous() for key, tensor in unet.state_dict().items()}
         save_file(state_dict, folder / f"sdxl_lightning_{steps}step_unet.safetensors")
+
+
+def _write_dit_pipeline(folder: Path) -> None:
+    """facebook/DiT-XL-2-256's layout: the transformer still named by its legacy class, Transformer2DModel,
+    id2label in model_index.json, a DDIM scheduler; sizes from diffusers' DiT pipeline test."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, Transformer2DModel
+
+    torch.manual_seed(_REPO_SEEDS[DIT_256])
+    transformer = Transformer2DModel(
+        sample_size=32, num_layers=2, patch_size=4, attention_head_dim=8, num_attention_heads=2, in_channels=4,
+        out_channels=8,  # learned sigma: noise and variance, as DiT-XL/2
+        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_zero",
+        norm_elementwise_affine=False,
+    )
+    torch.manual_seed(_REPO_SEEDS[DIT_256] + 1)
+    vae = AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32)
+    scheduler = DDIMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", clip_sample=False)
+    id2label = {str(i): DIT_NAMED_CLASSES.get(i, f"class{i}") for i in range(1000)}
+    DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["id2label"] = id2label
+    index["transformer"] = ["diffusers", "Transformer2DModel"]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    config["_class_name"] = "Transformer2DModel"
+    (folder / "transformer" / "config.json").write_text(json.dumps(config, indent=2))
 
 
 def _unet(scale: int, seed: int) -> UNet2DConditionModel:

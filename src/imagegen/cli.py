@@ -51,8 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--vae-slicing", action="store_true", help="decode one image at a time")
     gen.add_argument("--allow-pickle", action="store_true",
                      help="allow .ckpt/.bin/.pt weights, which can run code when loaded")
+    gen.add_argument("--grid", action="store_true", help="also save the images tiled into one grid image")
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(run=_generate)
+
+    train = commands.add_parser("train-digits", help="train the built-in digits model from scratch (CPU)",
+                                description="Rebuild the built-in digits DiT from scikit-learn's digits; "
+                                            "use the result with --recipe digits --model DIR.")
+    train.add_argument("--out", type=Path, required=True, help="folder to write the model into")
+    train.add_argument("--minutes", type=float, default=12.0, help="training time budget (default 12)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    train.set_defaults(run=_train_digits)
 
     rec = commands.add_parser("recipes", help="list the recipes, their models and defaults")
     rec.set_defaults(run=_recipes)
@@ -115,6 +125,27 @@ def _generate(args: argparse.Namespace) -> int:
                          images[0].request.output_format, [image.seed for image in images])
     for image, path in zip(images, paths):
         print(image.save(path))
+    if args.grid:
+        from imagegen.grid import make_grid
+        from imagegen.metadata import save_image
+
+        first = paths[0]
+        grid_path = first.with_name(f"{first.stem}-grid{first.suffix}")
+        print(save_image(make_grid([image.image for image in images]), grid_path, images[0].infotext,
+                         image_format=images[0].request.output_format))
+    return 0
+
+
+def _train_digits(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("sklearn") is None:
+        raise InvalidRequest("train-digits needs scikit-learn for its data set: pip install 'imagegen[train]'")
+    from imagegen.builtin.train_digits import train
+
+    summary = train(args.out, minutes=args.minutes, seed=args.seed, max_steps=args.max_steps)
+    print(args.out)
+    print(", ".join(f"{key}: {value}" for key, value in summary.items()), file=sys.stderr)
     return 0
 
 
@@ -134,13 +165,12 @@ def output_paths(target: Path, count: int, image_format: str, seeds: list[int]) 
 
 def _recipes(args: argparse.Namespace) -> int:
     from imagegen.recipes import RECIPES
-    from imagegen.sources import find_cached
+    from imagegen.sources import available_locally
 
     rows = [("RECIPE", "STEPS", "CFG", "SIZE", "LOCAL", "MODELS")]
     for recipe in RECIPES.values():
         d = recipe.defaults
-        present = [find_cached(ref, filename=ref.file_for(d.num_inference_steps)) is not None
-                   for ref in recipe.models.values()]
+        present = [available_locally(model, steps=d.num_inference_steps) for model in recipe.models.values()]
         rows.append((recipe.name, str(d.num_inference_steps), f"{d.guidance_scale:g}", f"{d.width}x{d.height}",
                      "yes" if all(present) else "no", " + ".join(r.name for r in recipe.models.values())))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

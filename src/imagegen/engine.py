@@ -7,6 +7,7 @@ does), so a seed means the same image on every device up to kernel precision.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -66,19 +67,19 @@ class Engine:
         with self._lock:
             pipe, recipe_scheduler = self._pipeline(recipe, resolved)
             # A fresh scheduler per call: schedulers keep per-run state (timesteps, step index).
-            pipe.scheduler = make_scheduler(resolved.scheduler, recipe_scheduler.config) if resolved.scheduler \
+            scheduler = make_scheduler(resolved.scheduler, recipe_scheduler.config) if resolved.scheduler \
                 else type(recipe_scheduler).from_config(recipe_scheduler.config)
+            _observe_steps(scheduler, on_step, cancel)
+            pipe.scheduler = scheduler
             seeds = resolved.image_seeds()
             images = pipe(
-                **recipe.arguments(resolved),
-                num_images_per_prompt=resolved.num_images,
+                **recipe.arguments(pipe, resolved),
                 generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-                callback_on_step_end=_step_callback(on_step, cancel, resolved.num_inference_steps),
                 output_type="pil",
             ).images
-        sampler = describe(pipe.scheduler)
-        return [GeneratedImage(image, seed, infotext_for(resolved, seed, sampler), resolved)
-                for image, seed in zip(images, seeds)]
+        sampler = describe(scheduler)
+        return [GeneratedImage(recipe.postprocess(image, resolved), seed, infotext_for(resolved, seed, sampler),
+                               resolved) for image, seed in zip(images, seeds)]
 
     def precision(self, recipe: Recipe) -> Precision:
         return Precision(self.device, pick_dtype(self.device, self.options.dtype, recipe.gpu_dtype))
@@ -114,15 +115,28 @@ class Engine:
             vae.enable_slicing()
 
 
-def _step_callback(on_step: ProgressFn | None, cancel: threading.Event | None, total: int) -> Callable[..., dict]:
-    def callback(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+def _observe_steps(scheduler: Any, on_step: ProgressFn | None, cancel: threading.Event | None) -> None:
+    """Report progress and honour cancellation after every scheduler step.
+
+    Hooking the scheduler rather than a pipeline callback works for every diffusers pipeline, including
+    those without `callback_on_step_end` (DiT); the pipeline calls step() once per denoising step.
+    """
+    step = scheduler.step
+    done = 0
+
+    # wraps() keeps step's signature visible: pipelines inspect it to decide whether to pass `generator`.
+    @functools.wraps(step)
+    def observed_step(*args: Any, **kwargs: Any) -> Any:
+        nonlocal done
+        result = step(*args, **kwargs)
+        done += 1
         if on_step is not None:
-            on_step(step + 1, getattr(pipe, "_num_timesteps", None) or total)
+            on_step(done, len(scheduler.timesteps))
         if cancel is not None and cancel.is_set():
             raise Cancelled("generation was cancelled")
-        return callback_kwargs
+        return result
 
-    return callback
+    scheduler.step = observed_step
 
 
 class _Context:
@@ -139,13 +153,13 @@ class _Context:
     def folder(self, role: str, filename: str | None = None) -> Path:
         return self.store.folder(self.model(role), self.precision, filename=filename)
 
-    def pipeline(self, role: str = "base", **replace: Any) -> Any:
+    def pipeline(self, role: str = "base", *, pipeline_class: type | None = None, **replace: Any) -> Any:
         model = self.model(role)
         if isinstance(model, LocalModel) and model.is_single_file:
             return self._single_file_pipeline(model, role, replace)
         folder = self.folder(role)
         parts = self.store.pipeline_components(folder, self.precision, skip=set(replace))
-        return _pipeline_class(folder)(**parts, **replace)
+        return (pipeline_class or _pipeline_class(folder))(**parts, **replace)
 
     def component(self, role: str, class_name: str, *, subfolder: str | None = None,
                   library: str = "diffusers") -> Any:

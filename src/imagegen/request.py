@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from imagegen.recipes.base import Recipe
 
-MIN_SIDE = 64
+MIN_SIDE = 8  # recipes raise their own minimum (64 for the latent-diffusion ones)
 MAX_SIDE = 4096
 SIDE_MULTIPLE = 8
 MAX_STEPS = 150

@@ -50,10 +50,11 @@ class LocalModel:
     """A model the user points at on disk: a diffusers folder or a single checkpoint file."""
 
     path: Path
+    label: str | None = None  # how infotext names a model that ships with imagegen (no machine's path)
 
     @property
     def name(self) -> str:
-        return str(self.path)
+        return self.label or str(self.path)
 
     @property
     def is_single_file(self) -> bool:
@@ -109,6 +110,13 @@ def locate(ref: ModelRef, *, filename: str | None = None, variant: str | None = 
         f"Looked in: {'; '.join(looked)}. Get it with {how} on a machine with network access "
         "(then copy the cache), or pass --model with a local path"
     )
+
+
+def available_locally(model: ModelRef | LocalModel, *, steps: int) -> bool:
+    """Whether `model` can be loaded without the network (for a FILES repo: its file for `steps`)."""
+    if isinstance(model, LocalModel):
+        return model.path.exists()
+    return find_cached(model, filename=model.file_for(steps)) is not None
 
 
 def find_cached(ref: ModelRef, *, filename: str | None = None, looked: list[str] | None = None) -> Path | None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from imagegen.errors import InvalidRequest
-from imagegen.recipes import sdxl
+from imagegen.recipes import dit, sdxl
 from imagegen.recipes.base import Recipe
 
-RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (*sdxl.RECIPES,)}
-DEFAULT_RECIPE = "sdxl-turbo"
+RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (*dit.RECIPES, *sdxl.RECIPES)}
+DEFAULT_RECIPE = "digits"  # the built-in model: the default works offline on a fresh machine
 
 
 def get_recipe(name: str) -> Recipe:

@@ -39,8 +39,11 @@ class BuildContext(Protocol):
     def folder(self, role: str) -> Path:
         """The local folder of the model for `role`, fetched if needed."""
 
-    def pipeline(self, role: str = "base", **replace: Any) -> Any:
-        """The pipeline in the `role` model's folder, with the given components replacing its own."""
+    def pipeline(self, role: str = "base", *, pipeline_class: type | None = None, **replace: Any) -> Any:
+        """The pipeline in the `role` model's folder, with the given components replacing its own.
+
+        `pipeline_class` overrides the class named in the folder's model_index.json (our own pipelines).
+        """
 
     def component(self, role: str, class_name: str, *, subfolder: str | None = None,
                   library: str = "diffusers") -> Any:
@@ -51,10 +54,11 @@ class BuildContext(Protocol):
 
 
 BuildFn = Callable[[BuildContext], Any]
-ArgumentsFn = Callable[[GenerationRequest], dict[str, Any]]
+ArgumentsFn = Callable[[Any, GenerationRequest], dict[str, Any]]
+PostprocessFn = Callable[[Any, GenerationRequest], Any]
 
 
-def text_to_image_arguments(request: GenerationRequest) -> dict[str, Any]:
+def text_to_image_arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
     """The pipeline call of a text-to-image recipe.
 
     An empty negative prompt is passed as None, as the seed's code does by leaving it out: SDXL then
@@ -67,7 +71,12 @@ def text_to_image_arguments(request: GenerationRequest) -> dict[str, Any]:
         "guidance_scale": request.guidance_scale,
         "width": request.width,
         "height": request.height,
+        "num_images_per_prompt": request.num_images,
     }
+
+
+def unchanged(image: Any, request: GenerationRequest) -> Any:
+    return image
 
 
 @dataclass(frozen=True)
@@ -76,16 +85,22 @@ class Recipe:
 
     name: str
     summary: str
-    models: Mapping[str, ModelRef]  # role -> model; "base" is what `--model` replaces
+    models: Mapping[str, ModelRef | LocalModel]  # role -> model; "base" is what `--model` replaces
     defaults: Defaults
     build: BuildFn
-    arguments: ArgumentsFn = text_to_image_arguments
+    arguments: ArgumentsFn = text_to_image_arguments  # the pipeline call, from the loaded pipeline and request
+    postprocess: PostprocessFn = unchanged  # applied to each PIL image the pipeline returns
+    min_side: int = 64
     gpu_dtype: str = "float16"
     allowed_steps: tuple[int, ...] | None = None  # distilled UNets exist for these step counts only
     cache_key: Callable[[GenerationRequest], object] = field(default=lambda request: None)
 
     def check(self, request: GenerationRequest) -> None:
         """Recipe-specific limits, after the general ones."""
+        for name in ("width", "height"):
+            if getattr(request, name) < self.min_side:
+                raise InvalidRequest(f"{name} must be at least {self.min_side} for recipe {self.name}, "
+                                     f"got {getattr(request, name)}")
         if self.allowed_steps and request.num_inference_steps not in self.allowed_steps:
             steps = ", ".join(map(str, self.allowed_steps))
             raise InvalidRequest(

@@ -1,0 +1,1 @@
+"""The models imagegen ships and trains itself: the handwritten-digits DiT that runs offline."""
