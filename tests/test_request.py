@@ -19,8 +19,9 @@ def request(**options) -> GenerationRequest:
     ("options", "message"),
     [
         ({"width": 100}, "width must be a multiple of 8, got 100"),
-        ({"height": 60}, "height must be between 64 and 4096, got 60"),
-        ({"width": 8192}, "width must be between 64 and 4096"),
+        ({"height": 60}, "height must be a multiple of 8, got 60"),
+        ({"height": 56}, "height must be at least 64 for recipe sdxl-turbo, got 56"),
+        ({"width": 8192}, "width must be between 8 and 4096"),
         ({"width": 512.0}, "width must be a whole number"),
         ({"num_inference_steps": 0}, r"num_inference_steps \(steps\) must be between 1 and 150, got 0"),
         ({"num_inference_steps": 151}, r"num_inference_steps \(steps\) must be between 1 and 150"),
@@ -48,13 +49,14 @@ def test_a_prompt_that_is_too_long_is_refused() -> None:
 
 
 def test_unknown_recipe_lists_the_known_ones() -> None:
-    with pytest.raises(InvalidRequest, match="unknown recipe 'sdxl-ultra'; choose one of sdxl, sdxl-turbo"):
+    with pytest.raises(InvalidRequest, match="unknown recipe 'sdxl-ultra'; choose one of digits, dit, dit-512, sdxl, sdxl-turbo"):
         get_recipe("sdxl-ultra")
 
 
 @pytest.mark.parametrize(
     ("recipe", "steps", "guidance", "size"),
-    [("sdxl", 30, 5.0, 1024), ("sdxl-turbo", 1, 0.0, 512), ("lcm-sdxl", 4, 8.0, 1024), ("sdxl-lightning", 4, 0.0, 1024)],
+    [("sdxl", 30, 5.0, 1024), ("sdxl-turbo", 1, 0.0, 512), ("lcm-sdxl", 4, 8.0, 1024), ("sdxl-lightning", 4, 0.0, 1024),
+     ("dit", 25, 4.0, 256), ("dit-512", 25, 4.0, 512)],
 )
 def test_defaults_are_the_seeds_parameters(recipe, steps, guidance, size) -> None:
     resolved = GenerationRequest(prompt="a cat", recipe=recipe).resolve(get_recipe(recipe))

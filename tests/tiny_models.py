@@ -197,7 +197,8 @@ def _write_sdxl_pipeline(folder: Path, repo_id: str, scale: int, scheduler_confi
     # SDXL's first encoder is OpenAI CLIP ViT-L (quick_gelu), the second OpenCLIP ViT-bigG (gelu).
     text_encoder = CLIPTextModel(_text_config(scale, tokenizers[0], hidden_act="quick_gelu"))
     torch.manual_seed(seed + 3)
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(scale, tokenizers[1], hidden_act="gelu"))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(
+        scale, tokenizers[1], hidden_act="gelu", hidden_size=_hidden_size_2(scale), num_hidden_layers=10 * scale))
     scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
     pipe = StableDiffusionXLPipeline(
         vae=_vae(scale, seed + 1),
@@ -294,7 +295,7 @@ def _unet(scale: int, seed: int) -> UNet2DConditionModel:
         # 6 micro-conditioning numbers (size, crop, target size) * addition_time_embed_dim + pooled text_encoder_2
         projection_class_embeddings_input_dim=6 * 8 + _projection_dim(scale),
         # the pipeline concatenates both encoders' hidden states
-        cross_attention_dim=2 * _hidden_size(scale),
+        cross_attention_dim=_hidden_size(scale) + _hidden_size_2(scale),
     )
 
 
@@ -320,11 +321,18 @@ def _hidden_size(scale: int) -> int:
     return 32 * scale
 
 
+def _hidden_size_2(scale: int) -> int:
+    """The second encoder is wider than the first, as OpenCLIP bigG (1280) is wider than CLIP-L (768):
+    diffusers' single-file loader tells the two apart by that width."""
+    return 48 * scale
+
+
 def _projection_dim(scale: int) -> int:
     return 32 * scale
 
 
-def _text_config(scale: int, tokenizer: _Tokenizer, *, hidden_act: str) -> CLIPTextConfig:
+def _text_config(scale: int, tokenizer: _Tokenizer, *, hidden_act: str, hidden_size: int | None = None,
+                 num_hidden_layers: int | None = None) -> CLIPTextConfig:
     """The tiny test text encoder, with token ids taken from its tokenizer so bos/eos/pad agree."""
     from transformers import CLIPTextConfig
 
@@ -334,10 +342,10 @@ def _text_config(scale: int, tokenizer: _Tokenizer, *, hidden_act: str) -> CLIPT
         # CLIPTextModel pools at the first eos_token_id, so it must be the tokenizer's <|endoftext|>.
         eos_token_id=tokenizer.vocab[_EOS],
         pad_token_id=tokenizer.pad_token_id,
-        hidden_size=_hidden_size(scale),
+        hidden_size=hidden_size or _hidden_size(scale),
         intermediate_size=37 * scale,
         num_attention_heads=4,
-        num_hidden_layers=5 * scale,
+        num_hidden_layers=num_hidden_layers or 5 * scale,
         max_position_embeddings=77,
         layer_norm_eps=1e-05,
         hidden_act=hidden_act,

@@ -180,9 +180,22 @@ class _Context:
                 f"{model.path} is a single-file checkpoint; reading it needs the configs of {published.name}, "
                 f"which are not available: {error}"
             ) from None
-        return _pipeline_class(config).from_single_file(
-            str(model.path), config=str(config), torch_dtype=self.precision.torch_dtype(), **replace
-        )
+        from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+        try:
+            pipe = _pipeline_class(config).from_single_file(
+                str(model.path), config=str(config), torch_dtype=self.precision.torch_dtype(), **replace
+            )
+        except (SingleFileComponentError, OSError, ValueError) as error:
+            raise ModelNotFound(f"{model.path} is not a {published.name} checkpoint that can be read: "
+                                f"{str(error).splitlines()[0]}") from None
+        # diffusers leaves a weight the file lacks on the meta device, which would fail later in pipe.to().
+        missing = [f"{name}.{key}" for name, part in pipe.components.items() if hasattr(part, "named_parameters")
+                   for key, tensor in part.named_parameters() if tensor.is_meta]
+        if missing:
+            raise ModelNotFound(f"{model.path} is not a complete {published.name} checkpoint: it has no "
+                                f"{', '.join(missing[:3])}{' and more' if len(missing) > 3 else ''}")
+        return pipe
 
 
 def _pipeline_class(folder: Path) -> type:
