@@ -1,8 +1,11 @@
-"""DiT's class-conditional sampling loop in pixel space, for models too small to need a VAE.
+"""DiT's class-conditional sampling loop, in latent space (with a VAE) or pixel space (without).
 
-diffusers' DiTPipeline hard-codes ImageNet's null class (1000) and always decodes through a VAE; this
-pipeline takes the null class from the transformer's config (class id == number of classes, where
-DiT's label embedding keeps the "no class" row used for classifier-free guidance) and returns pixels.
+diffusers' DiTPipeline hard-codes ImageNet's null class (1000), always decodes through a VAE, and
+neither scales the first noise by the scheduler's init_noise_sigma nor gives stochastic schedulers
+the request's generator, so only DDIM/DPM-Solver sample correctly with it. This pipeline takes the
+null class from the transformer's config (class id == number of classes: DiT's label embedding keeps
+that "no class" row for classifier-free guidance) and works with every scheduler. With DDIM or
+DPM-Solver it gives DiTPipeline's pixels exactly (tested).
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from diffusers.utils.torch_utils import randn_tensor
 
 
 class PixelDiTPipeline(DiffusionPipeline):
-    """transformer: a DiTTransformer2DModel over images in [-1, 1]; scheduler: any diffusers scheduler."""
+    """transformer: a DiTTransformer2DModel; vae: its AutoencoderKL, or None when it works on pixels in [-1, 1]."""
 
-    model_cpu_offload_seq = "transformer"
+    model_cpu_offload_seq = "transformer->vae"
+    _optional_components = ["vae"]
 
-    def __init__(self, transformer: Any, scheduler: Any, id2label: dict[str, str] | None = None) -> None:
+    def __init__(self, transformer: Any, scheduler: Any, vae: Any = None, id2label: dict[str, str] | None = None) -> None:
         super().__init__()
-        self.register_modules(transformer=transformer, scheduler=scheduler)
+        self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
         self.register_to_config(id2label=id2label)
         # name -> class id, as DiTPipeline.labels: "7, seven" gives both names
         self.labels = {name.strip(): int(key) for key, names in (id2label or {}).items() for name in names.split(",")}
@@ -53,6 +57,8 @@ class PixelDiTPipeline(DiffusionPipeline):
                 conditional, unconditional = eps.chunk(2)
                 eps = unconditional + guidance_scale * (conditional - unconditional)
             latents = self.scheduler.step(eps, t, latents, **step_options).prev_sample
+        if self.vae is not None:
+            latents = self.vae.decode(latents / self.vae.config.scaling_factor).sample  # (N, 3, H*f, W*f)
         images = (latents / 2 + 0.5).clamp(0, 1)
         if output_type == "pt":
             return ImagePipelineOutput(images=images)

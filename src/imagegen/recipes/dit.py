@@ -27,7 +27,9 @@ def builtin_digits_folder() -> Path:
 def _dit(ctx: BuildContext) -> Any:
     from diffusers import DPMSolverMultistepScheduler
 
-    pipe = ctx.pipeline()
+    from imagegen.builtin.pixel_dit import PixelDiTPipeline
+
+    pipe = ctx.pipeline(pipeline_class=PixelDiTPipeline)
     # diffusers' DiT example: DPM-Solver multistep at 25 steps instead of the repo's DDIM at 250.
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     return pipe
