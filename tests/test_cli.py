@@ -73,7 +73,9 @@ def test_recipes_lists_defaults_and_local_availability(hf_cache) -> None:
 
 def test_recipes_says_no_for_models_not_on_disk(tmp_path) -> None:
     result = imagegen("recipes", env={"HF_HUB_CACHE": str(tmp_path), "MODELSCOPE_CACHE": str(tmp_path)})
-    assert all(line.split()[4] == "no" for line in result.stdout.splitlines()[1:])
+    availability = {line.split()[0]: line.split()[4] for line in result.stdout.splitlines()[1:]}
+    assert availability.pop("digits") == "yes", "the built-in model ships with the package"
+    assert set(availability.values()) == {"no"}
 
 
 @pytest.mark.parametrize(
@@ -123,3 +125,36 @@ def test_help_does_not_import_torch() -> None:
             "except SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().endswith("[]"), result.stdout
+
+
+def test_the_main_command_runs_the_built_in_model(tmp_path) -> None:
+    """README's main command, offline with no cache at all: the built-in digits model ships with imagegen."""
+    out = tmp_path / "seven.png"
+    result = imagegen("generate", "7", "--recipe", "digits", "-o", str(out), "--seed", "3",
+                      env={"HF_HUB_CACHE": str(tmp_path / "none"), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    image = Image.open(out)
+    assert image.size == (256, 256)
+    assert "Steps: 15, Sampler: DPM++ 2M, CFG scale: 1.5, Seed: 3, Size: 256x256, Model: imagegen/digits" \
+        in image.info["parameters"]
+
+
+def test_digit_names_raw_size_and_grid(tmp_path) -> None:
+    result = imagegen("generate", "digit seven", "-n", "16", "--grid", "--width", "8", "--height", "8",
+                      "--seed", "1", "-o", str(tmp_path), "-q")
+    assert result.returncode == 0, result.stderr
+    paths = result.stdout.split()
+    assert len(paths) == 17 and paths[-1].endswith("00000-1-grid.png")
+    assert Image.open(paths[0]).size == (8, 8)
+    assert Image.open(paths[-1]).size == (32, 32)
+    seven = imagegen("generate", "seven", "--width", "8", "--height", "8", "--seed", "1", "-o",
+                     str(tmp_path / "seven.png"), "-q")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "seven.png")), np.asarray(Image.open(paths[0])))
+    assert seven.returncode == 0
+
+
+def test_unknown_digit_lists_what_the_model_knows() -> None:
+    result = imagegen("generate", "a cat", "--recipe", "digits")
+    assert result.returncode == 2
+    assert "this model knows no class 'a cat'; it knows 0: 0, zero, digit 0" in result.stderr
+    assert result.stderr.count("\n") == 1

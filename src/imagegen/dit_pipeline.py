@@ -18,7 +18,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 
-class PixelDiTPipeline(DiffusionPipeline):
+class ClassConditionalDiTPipeline(DiffusionPipeline):
     """transformer: a DiTTransformer2DModel; vae: its AutoencoderKL, or None when it works on pixels in [-1, 1]."""
 
     model_cpu_offload_seq = "transformer->vae"
