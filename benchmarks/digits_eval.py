@@ -82,15 +82,15 @@ def fit_judge(split: Any) -> Judge:
 
 
 def load_pipeline(model: Path, device: str = "cpu") -> Any:
-    """The folder's transformer and scheduler in ClassConditionalDiTPipeline, as the digits recipe assembles them."""
-    from diffusers import DiTTransformer2DModel, DPMSolverMultistepScheduler
+    """The folder's transformer and scheduler in PixelDiTPipeline, as the digits recipe assembles them."""
+    from imagegen.builtin.dit_model import DiT
+    from imagegen.builtin.dpm_solver import DPMSolverPlusPlus2M
+    from imagegen.class_conditional import PixelDiTPipeline
 
-    from imagegen.dit_pipeline import ClassConditionalDiTPipeline
-
-    transformer = DiTTransformer2DModel.from_pretrained(model / "transformer").to(device).eval()
-    scheduler = DPMSolverMultistepScheduler.from_pretrained(model / "scheduler")
+    transformer = DiT.from_pretrained(model / "transformer").to(device)
+    scheduler = DPMSolverPlusPlus2M.from_pretrained(model / "scheduler")
     id2label = json.loads((model / "model_index.json").read_text())["id2label"]
-    pipe = ClassConditionalDiTPipeline(transformer=transformer, scheduler=scheduler, id2label=id2label)
+    pipe = PixelDiTPipeline(transformer=transformer, scheduler=scheduler, id2label=id2label)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -18,6 +18,9 @@ from imagegen.errors import ModelNotFound, UnsafeWeights
 from imagegen.sources import LocalModel, ModelRef, check_weights_file, locate
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
+# Where a model_index.json may take its component classes from: importing any other module by name
+# would let a downloaded folder run code of its choosing.
+_LIBRARIES = ("diffusers", "transformers", "imagegen")
 
 
 @dataclass(frozen=True)
@@ -97,25 +100,41 @@ class ComponentStore:
         return found
 
     def _load(self, folder: Path, subfolder: str | None, library: str, class_name: str, precision: Precision) -> Any:
+        root = library.split(".")[0]
+        if root not in _LIBRARIES:
+            raise ModelNotFound(f"{folder}'s model_index.json names {library}.{class_name}; components may come "
+                                f"from {', '.join(_LIBRARIES)} only")
         cls = getattr(importlib.import_module(library), class_name)
         path = folder / subfolder if subfolder else folder
         if not path.is_dir():
             raise ModelNotFound(f"{folder} has no '{subfolder}' folder, which its model_index.json lists")
-        from diffusers import ModelMixin, SchedulerMixin
+        if root == "imagegen":
+            return self._load_own(cls, path, precision)
+        if root == "diffusers":
+            from diffusers import SchedulerMixin
 
-        if issubclass(cls, SchedulerMixin):
-            return cls.from_pretrained(path)
+            if issubclass(cls, SchedulerMixin):
+                return cls.from_pretrained(path)
         if not _holds_weights(path):
             return cls.from_pretrained(path)  # tokenizers, feature extractors
         variant = _variant_present(path, precision.variant)
         use_safetensors = self._use_safetensors(path, variant)
         self.loads += 1
-        if issubclass(cls, ModelMixin):
-            return cls.from_pretrained(path, torch_dtype=precision.torch_dtype(), variant=variant,
-                                       use_safetensors=use_safetensors)
         # transformers reads `dtype`; without it, a config recording float16 would load in float16 on CPU.
-        return cls.from_pretrained(path, dtype=precision.torch_dtype(), variant=variant,
+        dtype_argument = "torch_dtype" if root == "diffusers" else "dtype"
+        return cls.from_pretrained(path, **{dtype_argument: precision.torch_dtype()}, variant=variant,
                                    use_safetensors=use_safetensors)
+
+    def _load_own(self, cls: type, path: Path, precision: Precision) -> Any:
+        """imagegen's own classes (the built-in model's), which need no diffusers: `from_pretrained(path)`, plus
+        `torch_dtype=` for those with weights, which must be safetensors."""
+        if not _holds_weights(path):
+            return cls.from_pretrained(path)  # schedulers
+        if not any(p.suffix == ".safetensors" for p in path.iterdir()):
+            raise UnsafeWeights(f"{path} has pickle weights only (.bin); imagegen's own model classes read "
+                                "safetensors only: convert them")
+        self.loads += 1
+        return cls.from_pretrained(path, torch_dtype=precision.torch_dtype())
 
     def _use_safetensors(self, path: Path, variant: str | None) -> bool | None:
         infix = f".{variant}" if variant else ""

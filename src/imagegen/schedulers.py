@@ -55,9 +55,12 @@ def make_scheduler(name: str, base_config: Any) -> Any:
 
 
 def describe(scheduler: Any) -> SchedulerChoice:
-    """The table entry of a live scheduler, for the infotext; unknown classes get their own name."""
+    """The table entry of a live scheduler, for the infotext; unknown classes get their own name.
+
+    A scheduler that reproduces a diffusers one (imagegen.builtin.dpm_solver) names it in `diffusers_class_name`.
+    """
     karras = bool(getattr(scheduler.config, "use_karras_sigmas", False))
-    class_name = type(scheduler).__name__
+    class_name = getattr(scheduler, "diffusers_class_name", type(scheduler).__name__)
     for choice in SCHEDULERS.values():
         if choice.class_name == class_name and bool(choice.config.get("use_karras_sigmas")) == karras:
             return choice

@@ -35,6 +35,11 @@ def test_trained_folder_loads_in_the_digits_recipe(engine, short_run) -> None:
     assert len(results) == 1
     assert results[0].image.mode == "L"
     assert results[0].image.size == (8, 8)
+    index = json.loads((out / "model_index.json").read_text())
+    assert index == json.loads((builtin_digits_folder() / "model_index.json").read_text()), \
+        "a retrained folder loads with the same classes as the shipped one"
+    for config in ("transformer/config.json", "scheduler/scheduler_config.json"):
+        assert json.loads((out / config).read_text()) == json.loads((builtin_digits_folder() / config).read_text())
 
 
 def test_training_log_records_the_run(short_run) -> None:

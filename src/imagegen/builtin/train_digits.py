@@ -112,9 +112,9 @@ def train(out: Path, *, minutes: float = 10.0, seed: int = 0, max_steps: int | N
     """Train for `minutes` of wall time or `max_steps` steps, whichever ends first; write the model folder.
 
     `out` gets model_index.json, transformer/ (the EMA weights), scheduler/ (DPM-Solver++ on the training
-    schedule, the sampler the digits recipe uses) and training_log.json. The same seed and step count give
-    the same weights on the same machine and thread count; a time limit alone stops wherever the machine
-    got to, so pass `max_steps` to reproduce a model.
+    schedule, the sampler the digits recipe uses) and training_log.json, laid out as the shipped folder.
+    The same seed and step count give the same weights on the same machine and thread count; a time limit
+    alone stops wherever the machine got to, so pass `max_steps` to reproduce a model.
     """
     import diffusers
     import torch
@@ -221,11 +221,16 @@ def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, *, decay: float) -
 
 
 def _write_folder(out: Path, transformer: Any, noise_scheduler: Any) -> None:
-    """The folder layout the digits recipe loads: model_index.json with id2label, transformer/, scheduler/."""
+    """The folder layout the digits recipe loads: model_index.json with id2label, transformer/, scheduler/.
+
+    The sub-folders are in diffusers' formats; model_index.json names imagegen's own classes for them, so
+    the recipe samples without importing diffusers (class_conditional.write_model_index).
+    """
     from diffusers import DPMSolverMultistepScheduler
 
-    from imagegen.dit_pipeline import ClassConditionalDiTPipeline
+    from imagegen.class_conditional import write_model_index
 
-    sampler = DPMSolverMultistepScheduler.from_config(noise_scheduler.config)
-    pipe = ClassConditionalDiTPipeline(transformer=transformer, scheduler=sampler, id2label=id2label())
-    pipe.save_pretrained(out, safe_serialization=True)
+    out.mkdir(parents=True, exist_ok=True)
+    transformer.save_pretrained(out / "transformer", safe_serialization=True)
+    DPMSolverMultistepScheduler.from_config(noise_scheduler.config).save_pretrained(out / "scheduler")
+    write_model_index(out, id2label())
