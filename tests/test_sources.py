@@ -144,3 +144,17 @@ def test_hub_download_asks_for_one_precision_and_fills_gaps(hf_cache, tmp_path, 
     assert weights == ["text_encoder/model.fp16.safetensors", "text_encoder_2/model.fp16.safetensors",
                        "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors"]
     assert len(asked) == 2 and asked[1] == ["unet/*.safetensors"]
+
+
+def test_a_lightning_file_for_another_unet_is_a_clear_error(hf_cache, tmp_path, monkeypatch) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from tiny_models import SDXL_LIGHTNING
+
+    cache = tmp_path / "cache"
+    shutil.copytree(hf_cache, cache, symlinks=True)
+    save_file({"conv_in.weight": torch.zeros(1)},
+              snapshot_path(cache, SDXL_LIGHTNING) / "sdxl_lightning_4step_unet.safetensors")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    with pytest.raises(ModelNotFound, match="sdxl_lightning_4step_unet.safetensors does not hold weights for the UNet"):
+        Engine(EngineOptions(device="cpu")).generate(GenerationRequest(**{**TURBO, "recipe": "sdxl-lightning"}))

@@ -87,14 +87,21 @@ class ComponentStore:
         if found is None:
             import torch
             from diffusers import UNet2DConditionModel
-            from safetensors.torch import load_file
+            from safetensors import safe_open
 
             check_weights_file(weights, allow_pickle=False)
             with torch.device("meta"):
                 unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config_folder, subfolder="unet"))
             # Built on the meta device and filled by assignment: a full-size random init would cost seconds.
-            unet.load_state_dict(load_file(weights), assign=True)
-            found = unet.to(precision.torch_dtype()).eval()
+            # Converted tensor by tensor, so the file's fp16 copy never sits in memory beside the result.
+            with safe_open(weights, framework="pt") as file:
+                state = {key: file.get_tensor(key).to(precision.torch_dtype()) for key in file.keys()}
+            try:
+                unet.load_state_dict(state, assign=True)
+            except RuntimeError as error:  # missing, unexpected or mis-shaped weights
+                raise ModelNotFound(f"{weights} does not hold weights for the UNet of {config_folder}: "
+                                    f"{str(error).splitlines()[0][:200]}") from None
+            found = unet.eval()
             self.loads += 1
             self._live[key] = found
         return found
