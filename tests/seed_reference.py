@@ -146,6 +146,28 @@ def sdxl_lightning(
     ).images
 
 
+def sdxl_turbo_img2img(prompt: str, init_image: Image, *, seed: int, steps: int = 2, strength: float = 0.5,
+                       num_images: int = 1) -> list[Image]:
+    """SDXL-Turbo's model-card img2img: AutoPipelineForImage2Image, guidance 0, steps x strength >= 1."""
+    import torch
+    from diffusers import AutoPipelineForImage2Image
+
+    pipe = AutoPipelineForImage2Image.from_pretrained(SDXL_TURBO, torch_dtype=torch.float32).to(DEVICE)
+    return pipe(prompt, image=init_image, num_inference_steps=steps, strength=strength, guidance_scale=0.0,
+                num_images_per_prompt=num_images, generator=_generators(seed, num_images)).images
+
+
+def sdxl_inpaint(prompt: str, init_image: Image, mask: Image, *, seed: int, steps: int = 3, strength: float = 0.75,
+                 guidance: float = 5.0, width: int = 64, height: int = 64) -> list[Image]:
+    """diffusers' SDXL inpainting on the SDXL base weights."""
+    import torch
+    from diffusers import AutoPipelineForInpainting
+
+    pipe = AutoPipelineForInpainting.from_pretrained(SDXL_BASE, torch_dtype=torch.float32).to(DEVICE)
+    return pipe(prompt, image=init_image, mask_image=mask, num_inference_steps=steps, strength=strength,
+                guidance_scale=guidance, width=width, height=height, generator=_generators(seed, 1)).images
+
+
 def dit(class_name: str, *, seed: int, steps: int = 25, guidance: float = 4.0, num_images: int = 1) -> list[Image]:
     """diffusers' DiT example (the seed describes DiT's inference chain; this is its diffusers form)."""
     import torch

@@ -158,3 +158,13 @@ def test_unknown_digit_lists_what_the_model_knows() -> None:
     assert result.returncode == 2
     assert "this model knows no class 'a cat'; it knows 0: 0, zero, digit 0" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_img2img_from_the_command_line(hf_cache, generated, tmp_path) -> None:
+    out = tmp_path / "fox-img2img.png"
+    result = imagegen("generate", "a red fox, oil painting", *FAST, "--steps", "2", "--strength", "0.5",
+                      "--init-image", str(generated), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "Denoising strength: 0.5," in Image.open(out).info["parameters"]
+    missing = imagegen("generate", "a fox", *FAST, "--steps", "2", "--init-image", str(tmp_path / "missing.png"))
+    assert missing.returncode == 2 and "init image" in missing.stderr and "does not exist" in missing.stderr

@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-n", type=int, dest="num_images", help=f"number of images (1-{MAX_IMAGES})")
     gen.add_argument("--negative", dest="negative_prompt", help="negative prompt")
     gen.add_argument("--scheduler", choices=list(SCHEDULERS), help="override the recipe's scheduler")
+    gen.add_argument("--init-image", dest="init_image", metavar="PATH",
+                     help="img2img: start from this image (resized to --width x --height)")
+    gen.add_argument("--strength", type=float, help="img2img: how much of the init image to repaint, 0-1 (0.75)")
+    gen.add_argument("--mask", dest="mask_image", metavar="PATH", help="inpainting: repaint where this mask is white")
     gen.add_argument("--format", dest="output_format", choices=OUTPUT_FORMATS,
                      help="image format (default: from -o's suffix, else png)")
     gen.add_argument("-o", "--output", type=Path, help="output file, or folder (default ./outputs)")

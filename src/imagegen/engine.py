@@ -11,7 +11,7 @@ import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,16 +85,25 @@ class Engine:
         return Precision(self.device, pick_dtype(self.device, self.options.dtype, recipe.gpu_dtype))
 
     def _pipeline(self, recipe: Recipe, request: GenerationRequest) -> tuple[Any, Any]:
-        """The recipe's pipeline for this request, from the warm cache or assembled now."""
+        """The recipe's pipeline for this request, from the warm cache or assembled now.
+
+        img2img and inpainting pipelines are diffusers' AutoPipeline forms of the recipe's text-to-image
+        pipeline, made with from_pipe: they reference the same loaded modules, no second copy.
+        """
         precision = self.precision(recipe)
-        key = (recipe.name, request.model, recipe.cache_key(request), precision)
+        key = (recipe.name, request.model, recipe.cache_key(request), precision, request.task)
         if key in self._pipelines:
             self._pipelines.move_to_end(key)
             return self._pipelines[key]
-        context = _Context(self.store, recipe, request, precision)
-        pipe = recipe.build(context)
+        if request.task == "txt2img":
+            pipe = recipe.build(_Context(self.store, recipe, request, precision))
+            self._place(pipe)
+        else:
+            text_pipe, _ = self._pipeline(recipe, replace(request, init_image=None, mask_image=None, strength=None))
+            import diffusers
+
+            pipe = getattr(diffusers, _TASK_PIPELINES[request.task]).from_pipe(text_pipe)
         pipe.set_progress_bar_config(disable=True)
-        self._place(pipe)
         entry = (pipe, pipe.scheduler)
         self._pipelines[key] = entry
         while len(self._pipelines) > self.options.max_pipelines:
@@ -113,6 +122,9 @@ class Engine:
             vae.enable_tiling()
         if vae is not None and self.options.vae_slicing:
             vae.enable_slicing()
+
+
+_TASK_PIPELINES = {"img2img": "AutoPipelineForImage2Image", "inpaint": "AutoPipelineForInpainting"}
 
 
 def _observe_steps(scheduler: Any, on_step: ProgressFn | None, cancel: threading.Event | None) -> None:

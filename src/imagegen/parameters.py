@@ -23,6 +23,7 @@ def infotext_for(request: GenerationRequest, seed: int, sampler: SchedulerChoice
             "Sampler": sampler.a1111_name,
             "Schedule type": sampler.a1111_schedule,
             "CFG scale": request.guidance_scale,
+            "Denoising strength": request.strength,
             "Seed": seed,
             "Size": f"{request.width}x{request.height}",
             "Model": request.model or recipe.models["base"].name,

@@ -24,6 +24,7 @@ MAX_GUIDANCE = 50.0
 MAX_PROMPT_CHARS = 10_000
 MAX_SEED = 2**32 - 1  # A1111's range; seed + i for image i stays far below torch's 2**64 limit
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
+DEFAULT_STRENGTH = 0.75  # A1111's default denoising strength for img2img
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,16 @@ class GenerationRequest:
     scheduler: str | None = None
     model: str | None = None
     output_format: str = "png"
+    init_image: str | None = None  # path: img2img starts from this image, noised to `strength`
+    mask_image: str | None = None  # path: inpainting repaints where the mask is white
+    strength: float | None = None
+
+    @property
+    def task(self) -> str:
+        """"txt2img", "img2img" or "inpaint": which pipeline of the recipe serves the request."""
+        if self.mask_image is not None:
+            return "inpaint"
+        return "txt2img" if self.init_image is None else "img2img"
 
     def resolve(self, recipe: Recipe) -> GenerationRequest:
         """Fill the recipe's defaults and draw a seed if none was given, then validate everything.
@@ -62,6 +73,7 @@ class GenerationRequest:
             guidance_scale=d.guidance_scale if self.guidance_scale is None else self.guidance_scale,
             width=d.width if self.width is None else self.width,
             height=d.height if self.height is None else self.height,
+            strength=DEFAULT_STRENGTH if self.strength is None and self.init_image is not None else self.strength,
         )
         filled.validate()
         recipe.check(filled)
@@ -90,6 +102,17 @@ class GenerationRequest:
                 raise InvalidRequest(f"guidance_scale (guidance) must be a finite number, got {guidance!r}")
             if not 0.0 <= guidance <= MAX_GUIDANCE:
                 raise InvalidRequest(f"guidance_scale (guidance) must be between 0 and {MAX_GUIDANCE:g}, got {guidance:g}")
+        if self.mask_image is not None and self.init_image is None:
+            raise InvalidRequest("a mask needs an init image to repaint (--init-image)")
+        if self.strength is not None:
+            if self.init_image is None:
+                raise InvalidRequest("strength applies to an init image (--init-image)")
+            if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) \
+                    or not 0.0 < self.strength <= 1.0:
+                raise InvalidRequest(f"strength must be a number in (0, 1], got {self.strength!r}")
+            if self.num_inference_steps is not None and int(self.num_inference_steps * self.strength) < 1:
+                raise InvalidRequest(f"steps x strength must reach 1 denoising step, got "
+                                     f"{self.num_inference_steps} x {self.strength:g}; raise --steps or --strength")
         if self.scheduler is not None:
             from imagegen.schedulers import get_scheduler_choice
 

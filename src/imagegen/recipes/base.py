@@ -59,12 +59,17 @@ PostprocessFn = Callable[[Any, GenerationRequest], Any]
 
 
 def text_to_image_arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
-    """The pipeline call of a text-to-image recipe.
+    """The pipeline call of a text-to-image recipe, and of its img2img and inpainting forms.
 
     An empty negative prompt is passed as None, as the seed's code does by leaving it out: SDXL then
     uses zero embeddings (force_zeros_for_empty_prompt) where "" would encode the empty text.
+    Init images and masks are resized to the requested size, as A1111 does.
     """
-    return {
+    import inspect
+
+    from imagegen.images import load_image
+
+    arguments = {
         "prompt": request.prompt,
         "negative_prompt": request.negative_prompt or None,
         "num_inference_steps": request.num_inference_steps,
@@ -73,6 +78,14 @@ def text_to_image_arguments(pipe: Any, request: GenerationRequest) -> dict[str, 
         "height": request.height,
         "num_images_per_prompt": request.num_images,
     }
+    if request.init_image is not None:
+        size = (request.width, request.height)
+        arguments["image"] = load_image(request.init_image, what="init image").resize(size)
+        arguments["strength"] = request.strength
+    if request.mask_image is not None:
+        arguments["mask_image"] = load_image(request.mask_image, what="mask", mode="L").resize(size)
+    accepted = inspect.signature(pipe.__call__).parameters
+    return {name: value for name, value in arguments.items() if name in accepted}
 
 
 def unchanged(image: Any, request: GenerationRequest) -> Any:
@@ -91,12 +104,15 @@ class Recipe:
     arguments: ArgumentsFn = text_to_image_arguments  # the pipeline call, from the loaded pipeline and request
     postprocess: PostprocessFn = unchanged  # applied to each PIL image the pipeline returns
     min_side: int = 64
+    image_inputs: bool = False  # takes init images (img2img) and masks (inpainting) through diffusers' AutoPipelines
     gpu_dtype: str = "float16"
     allowed_steps: tuple[int, ...] | None = None  # distilled UNets exist for these step counts only
     cache_key: Callable[[GenerationRequest], object] = field(default=lambda request: None)
 
     def check(self, request: GenerationRequest) -> None:
         """Recipe-specific limits, after the general ones."""
+        if request.init_image is not None and not self.image_inputs:
+            raise InvalidRequest(f"recipe {self.name} does not take an init image or mask")
         for name in ("width", "height"):
             if getattr(request, name) < self.min_side:
                 raise InvalidRequest(f"{name} must be at least {self.min_side} for recipe {self.name}, "

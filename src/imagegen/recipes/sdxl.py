@@ -49,6 +49,7 @@ SDXL = Recipe(
     # 30 steps and guidance 5.0 are diffusers' SDXL defaults, which the seed's ModelScope pipeline uses.
     defaults=Defaults(num_inference_steps=30, guidance_scale=5.0, width=1024, height=1024),
     build=_whole_pipeline,
+    image_inputs=True,
 )
 
 SDXL_TURBO_RECIPE = Recipe(
@@ -58,6 +59,7 @@ SDXL_TURBO_RECIPE = Recipe(
     # ADD trains the student to match the teacher in one step without classifier-free guidance (guidance 0).
     defaults=Defaults(num_inference_steps=1, guidance_scale=0.0, width=512, height=512),
     build=_whole_pipeline,
+    image_inputs=True,
 )
 
 LCM_SDXL = Recipe(
@@ -66,6 +68,7 @@ LCM_SDXL = Recipe(
     models={"base": SDXL_BASE, "unet": LCM_SDXL_UNET},
     defaults=Defaults(num_inference_steps=4, guidance_scale=8.0, width=1024, height=1024),
     build=_lcm,
+    image_inputs=True,
 )
 
 SDXL_LIGHTNING_RECIPE = Recipe(
@@ -75,6 +78,7 @@ SDXL_LIGHTNING_RECIPE = Recipe(
     # Lightning is distilled without CFG: guidance must stay 0 (model card).
     defaults=Defaults(num_inference_steps=4, guidance_scale=0.0, width=1024, height=1024),
     build=_lightning,
+    image_inputs=True,
     allowed_steps=LIGHTNING_STEPS,
     cache_key=lambda request: request.num_inference_steps,
 )
