@@ -168,3 +168,29 @@ def test_img2img_from_the_command_line(hf_cache, generated, tmp_path) -> None:
     assert "Denoising strength: 0.5," in Image.open(out).info["parameters"]
     missing = imagegen("generate", "a fox", *FAST, "--steps", "2", "--init-image", str(tmp_path / "missing.png"))
     assert missing.returncode == 2 and "init image" in missing.stderr and "does not exist" in missing.stderr
+
+
+@pytest.mark.parametrize("where", ["afile/x.png", "adir.png"])
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path, where) -> None:
+    (tmp_path / "afile").write_text("a file, not a folder")
+    (tmp_path / "adir.png").mkdir()
+    result = imagegen("generate", "7", "-o", str(tmp_path / where), "-q")
+    assert result.returncode == 1
+    assert result.stderr.startswith("imagegen: error: cannot write ") and result.stderr.count("\n") == 1
+
+
+def test_a_model_folder_for_another_recipe_is_refused_before_loading(hf_cache) -> None:
+    result = imagegen("generate", "a cat", "--model", "stabilityai/sdxl-turbo")
+    assert result.returncode == 2
+    assert "holds a StableDiffusionXLPipeline" in result.stderr and "cannot use" in result.stderr
+
+
+def test_replaying_an_img2img_image_asks_for_its_init_image(hf_cache, generated, tmp_path) -> None:
+    out = tmp_path / "i2i.png"
+    assert imagegen("generate", "a fox", *FAST, "--steps", "2", "--strength", "0.5", "--init-image",
+                    str(generated), "-o", str(out)).returncode == 0
+    result = imagegen("generate", "--from", str(out))
+    assert result.returncode == 2 and "strength applies to an init image" in result.stderr
+    again = tmp_path / "again.png"
+    assert imagegen("generate", "--from", str(out), "--init-image", str(generated), "-o", str(again)).returncode == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(out)))

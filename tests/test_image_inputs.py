@@ -88,3 +88,18 @@ def test_not_an_image_and_a_decompression_bomb_are_refused(engine, tmp_path) -> 
     Image.new("1", (5_000, 5_000)).save(tmp_path / "big.png")  # past our limit, under Pillow's
     with pytest.raises(InvalidImage, match="is 5000x5000; at most 16777216 pixels"):
         engine.generate(GenerationRequest(**{**request.__dict__, "init_image": str(tmp_path / "big.png")}))
+
+
+def test_a_scheduler_chosen_for_one_request_does_not_stick(engine, inputs) -> None:
+    """A txt2img request with --scheduler ddim must not leak DDIM into the next img2img pipeline."""
+    init, _ = inputs
+    img2img = GenerationRequest(prompt=PROMPT, recipe="sdxl-lightning", seed=3, num_inference_steps=4,
+                                strength=0.5, width=64, height=64, init_image=str(init))
+    engine.generate(GenerationRequest(prompt=PROMPT, recipe="sdxl-lightning", seed=3, width=64, height=64,
+                                      scheduler="ddim"))
+    after_ddim = engine.generate(img2img)[0]
+    assert "Sampler: Euler," in after_ddim.infotext
+    from imagegen.engine import Engine, EngineOptions
+
+    fresh = Engine(EngineOptions(device="cpu")).generate(img2img)[0]
+    np.testing.assert_array_equal(pixels(after_ddim.image), pixels(fresh.image))

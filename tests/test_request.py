@@ -70,3 +70,8 @@ def test_explicit_options_override_the_defaults() -> None:
         get_recipe("sdxl-turbo"))
     assert (resolved.seed, resolved.num_inference_steps, resolved.width, resolved.height) == (5, 3, 640, 384)
     assert resolved.image_seeds() == [5, 6]
+
+
+def test_the_last_image_of_a_batch_keeps_a_valid_seed() -> None:
+    with pytest.raises(InvalidRequest, match="seed \\+ n - 1 must stay within 4294967295"):
+        request(seed=MAX_SEED, num_images=2).validate()

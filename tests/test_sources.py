@@ -127,11 +127,13 @@ def test_hub_download_asks_for_one_precision_and_fills_gaps(hf_cache, tmp_path, 
     downloaded = tmp_path / "downloaded"
     asked: list[list[str]] = []
 
-    def fake_snapshot_download(repo_id: str, *, allow_patterns: list[str], **_: object) -> str:
+    def fake_snapshot_download(repo_id: str, *, allow_patterns: list[str], ignore_patterns: list[str] | None = None,
+                               **_: object) -> str:
         asked.append(allow_patterns)
         for file in source.rglob("*"):
             name = file.relative_to(source).as_posix()
-            if file.is_file() and any(fnmatch.fnmatch(name, p) for p in allow_patterns):
+            if file.is_file() and any(fnmatch.fnmatch(name, p) for p in allow_patterns) \
+                    and not any(fnmatch.fnmatch(name, p) for p in ignore_patterns or []):
                 (downloaded / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(file, downloaded / name)
         return str(downloaded)
@@ -144,6 +146,10 @@ def test_hub_download_asks_for_one_precision_and_fills_gaps(hf_cache, tmp_path, 
     assert weights == ["text_encoder/model.fp16.safetensors", "text_encoder_2/model.fp16.safetensors",
                        "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors"]
     assert len(asked) == 2 and asked[1] == ["unet/*.safetensors"]
+    shutil.rmtree(downloaded)
+    assert locate(ModelRef(SDXL_TURBO), variant=None) == downloaded  # full precision: no fp16 copies fetched
+    assert not list(downloaded.rglob("*.fp16.*"))
+    assert (downloaded / "vae" / "diffusion_pytorch_model.safetensors").is_file()
 
 
 def test_a_lightning_file_for_another_unet_is_a_clear_error(hf_cache, tmp_path, monkeypatch) -> None:

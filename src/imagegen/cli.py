@@ -132,12 +132,10 @@ def _generate(args: argparse.Namespace) -> int:
         print(image.save(path))
     if args.grid:
         from imagegen.grid import make_grid
-        from imagegen.metadata import save_image
 
-        first = paths[0]
-        grid_path = first.with_name(f"{first.stem}-grid{first.suffix}")
-        print(save_image(make_grid([image.image for image in images]), grid_path, images[0].infotext,
-                         image_format=images[0].request.output_format))
+        first = images[0]
+        grid = replace(first, image=make_grid([image.image for image in images]))
+        print(grid.save(paths[0].with_name(f"{paths[0].stem}-grid{paths[0].suffix}")))
     return 0
 
 

@@ -72,11 +72,14 @@ class Engine:
             _observe_steps(scheduler, on_step, cancel)
             pipe.scheduler = scheduler
             seeds = resolved.image_seeds()
-            images = pipe(
-                **recipe.arguments(pipe, resolved),
-                generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-                output_type="pil",
-            ).images
+            try:
+                images = pipe(
+                    **recipe.arguments(pipe, resolved),
+                    generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+                    output_type="pil",
+                ).images
+            finally:
+                pipe.scheduler = recipe_scheduler  # the cached pipeline never keeps a request's scheduler
         sampler = describe(scheduler)
         return [GeneratedImage(recipe.postprocess(image, resolved), seed, infotext_for(resolved, seed, sampler),
                                resolved) for image, seed in zip(images, seeds)]
@@ -99,10 +102,11 @@ class Engine:
             pipe = recipe.build(_Context(self.store, recipe, request, precision))
             self._place(pipe)
         else:
-            text_pipe, _ = self._pipeline(recipe, replace(request, init_image=None, mask_image=None, strength=None))
+            text_pipe, text_scheduler = self._pipeline(
+                recipe, replace(request, init_image=None, mask_image=None, strength=None))
             import diffusers
 
-            pipe = getattr(diffusers, _TASK_PIPELINES[request.task]).from_pipe(text_pipe)
+            pipe = getattr(diffusers, _TASK_PIPELINES[request.task]).from_pipe(text_pipe, scheduler=text_scheduler)
         pipe.set_progress_bar_config(disable=True)
         entry = (pipe, pipe.scheduler)
         self._pipelines[key] = entry
@@ -170,8 +174,10 @@ class _Context:
         if isinstance(model, LocalModel) and model.is_single_file:
             return self._single_file_pipeline(model, role, replace)
         folder = self.folder(role)
+        cls = pipeline_class or _pipeline_class(folder)
+        _check_fits(cls, folder, self.recipe.name)
         parts = self.store.pipeline_components(folder, self.precision, skip=set(replace))
-        return (pipeline_class or _pipeline_class(folder))(**parts, **replace)
+        return cls(**parts, **replace)
 
     def component(self, role: str, class_name: str, *, subfolder: str | None = None,
                   library: str = "diffusers") -> Any:
@@ -208,6 +214,19 @@ class _Context:
             raise ModelNotFound(f"{model.path} is not a complete {published.name} checkpoint: it has no "
                                 f"{', '.join(missing[:3])}{' and more' if len(missing) > 3 else ''}")
         return pipe
+
+
+def _check_fits(cls: type, folder: Path, recipe: str) -> None:
+    """Refuse, before loading any weights, a model folder whose components the recipe's pipeline cannot take."""
+    import inspect
+    import json
+
+    index = json.loads((folder / "model_index.json").read_text())
+    accepted = inspect.signature(cls.__init__).parameters
+    foreign = [name for name, value in index.items() if isinstance(value, list) and value[0] and name not in accepted]
+    if foreign:
+        raise InvalidRequest(f"{folder} holds a {index.get('_class_name', 'pipeline')} (with {', '.join(foreign)}), "
+                             f"which recipe {recipe} cannot use: choose the recipe that matches the model (--recipe)")
 
 
 def _pipeline_class(folder: Path) -> type:

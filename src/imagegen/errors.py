@@ -34,6 +34,12 @@ class InvalidImage(ImagegenError):
     exit_code = 2
 
 
+class OutputError(ImagegenError):
+    """A result cannot be written where the user asked (missing folder, no permission, a folder in the way)."""
+
+    exit_code = 1
+
+
 class Cancelled(ImagegenError):
     """Generation was cancelled between two denoising steps."""
 

@@ -7,9 +7,12 @@ from dataclasses import replace
 from imagegen import __version__
 from imagegen.errors import InvalidRequest
 from imagegen.metadata import format_infotext, parse_infotext
-from imagegen.recipes import DEFAULT_RECIPE, get_recipe
+from imagegen.recipes import get_recipe
 from imagegen.request import GenerationRequest
 from imagegen.schedulers import SchedulerChoice, from_a1111
+
+
+FOREIGN_RECIPE = "sdxl"  # A1111/ComfyUI infotext names no recipe; a text prompt means a text-to-image model
 
 
 def infotext_for(request: GenerationRequest, seed: int, sampler: SchedulerChoice) -> str:
@@ -37,7 +40,7 @@ def request_from_infotext(text: str) -> GenerationRequest:
     """The single-image request that re-creates an image from its infotext (ours or A1111's)."""
     info = parse_infotext(text)
     params = info.params
-    recipe = get_recipe(params.get("Recipe", DEFAULT_RECIPE))
+    recipe = get_recipe(params.get("Recipe", FOREIGN_RECIPE))
     try:
         width, height = (int(v) for v in params["Size"].split("x")) if "Size" in params else (None, None)
         request = GenerationRequest(
@@ -47,6 +50,8 @@ def request_from_infotext(text: str) -> GenerationRequest:
             seed=int(params["Seed"]) if "Seed" in params else None,
             num_inference_steps=int(params["Steps"]) if "Steps" in params else None,
             guidance_scale=float(params["CFG scale"]) if "CFG scale" in params else None,
+            # an img2img image replays only with its init image given again (--init-image)
+            strength=float(params["Denoising strength"]) if "Denoising strength" in params else None,
             width=width,
             height=height,
         )

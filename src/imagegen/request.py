@@ -96,6 +96,8 @@ class GenerationRequest:
         _check_int("num_images (n)", self.num_images, 1, MAX_IMAGES)
         if self.seed is not None:
             _check_int("seed", self.seed, 0, MAX_SEED)
+            if self.seed + self.num_images - 1 > MAX_SEED:
+                raise InvalidRequest(f"seed + n - 1 must stay within {MAX_SEED} (image i uses seed + i)")
         guidance = self.guidance_scale
         if guidance is not None:
             if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
@@ -149,8 +151,12 @@ class GeneratedImage:
     infotext: str
     request: GenerationRequest = field(repr=False)
 
-    def save(self, path: Path) -> Path:
+    def save(self, path: str | Path) -> Path:
         """Write the image with its infotext embedded, in the request's output format."""
+        from imagegen.errors import OutputError
         from imagegen.metadata import save_image
 
-        return save_image(self.image, path, self.infotext, image_format=self.request.output_format)
+        try:
+            return save_image(self.image, Path(path), self.infotext, image_format=self.request.output_format)
+        except OSError as error:
+            raise OutputError(f"cannot write {path}: {error.strerror or error}") from None

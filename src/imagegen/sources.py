@@ -98,7 +98,9 @@ def locate(ref: ModelRef, *, filename: str | None = None, variant: str | None = 
         looked.append("the Hugging Face hub: not asked, HF_HUB_OFFLINE is set")
     else:
         for fetch in (_hf_fetch, _modelscope_fetch):
-            folder = fetch(ref, _patterns(ref, filename, variant, allow_pickle), looked)
+            # "*" matches "/" in hub patterns, so full precision must exclude the half-precision copies itself.
+            ignore = [] if variant else ["*.fp16.*"]
+            folder = fetch(ref, _patterns(ref, filename, variant, allow_pickle), looked, ignore)
             if folder is not None and (folder / wanted).is_file():
                 _fetch_missing_defaults(ref, folder, variant, allow_pickle)
                 return folder
@@ -186,18 +188,21 @@ def _fetch_missing_defaults(ref: ModelRef, folder: Path, variant: str | None, al
             _hf_fetch(ref, patterns, [])
 
 
-def _hf_fetch(ref: ModelRef, patterns: list[str], looked: list[str]) -> Path | None:
+def _hf_fetch(ref: ModelRef, patterns: list[str], looked: list[str], ignore: list[str] | None = None) -> Path | None:
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(ref.hf_id, cache_dir=settings.hf_hub_cache(), allow_patterns=patterns,
-                                      etag_timeout=settings.HUB_TIMEOUT_S, endpoint=settings.hf_endpoint()))
+                                      ignore_patterns=ignore, etag_timeout=settings.HUB_TIMEOUT_S,
+                                      endpoint=settings.hf_endpoint()))
     except Exception as error:  # noqa: BLE001 - any hub failure means "not there"; we say why below
         looked.append(f"the Hugging Face hub: {type(error).__name__}: {str(error).splitlines()[0][:160]}")
         return None
 
 
-def _modelscope_fetch(ref: ModelRef, patterns: list[str], looked: list[str]) -> Path | None:
+def _modelscope_fetch(ref: ModelRef, patterns: list[str], looked: list[str], ignore: list[str] | None = None
+                      ) -> Path | None:
+    """ModelScope's client: `ignore` is not passed on, since its name for it differs between versions."""
     if not ref.modelscope_id:
         return None
     if importlib.util.find_spec("modelscope") is None:

@@ -31,3 +31,8 @@ def test_large_label_sets_suggest_close_names() -> None:
         class_id("golden retreiver", labels, 1000)
     with pytest.raises(InvalidRequest, match="class id 0-999"):
         class_id("1000", labels, 1000)
+
+
+def test_unicode_digits_are_not_ids() -> None:
+    with pytest.raises(InvalidRequest, match="knows no class"):
+        class_id("²", DIGITS, 10)

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 import torch
 
-from imagegen.builtin.model_config import ModelConfig, merged, read_config
+from imagegen.builtin.model_config import merged, read_config
 
 CONFIG_NAME = "scheduler_config.json"
 # DPMSolverMultistepScheduler's defaults, for entries a config leaves out.

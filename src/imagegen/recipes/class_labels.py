@@ -13,7 +13,7 @@ _LIST_ALL_BELOW = 30  # models with this few classes are listed whole in errors;
 def class_id(prompt: str, labels: Mapping[str, int], num_classes: int) -> int:
     """`prompt` as a class: an id ("207") or one of the model's names ("golden retriever"), any case."""
     text = " ".join(prompt.split()).lower()
-    if text.isdigit() and int(text) < num_classes:
+    if text.isdecimal() and text.isascii() and int(text) < num_classes:
         return int(text)
     by_name = {name.lower(): index for name, index in labels.items()}
     if text in by_name:
