@@ -89,6 +89,7 @@ def test_recipes_says_no_for_models_not_on_disk(tmp_path) -> None:
         (["--recipe", "sdxl-lightning", "--steps", "3"], "has models for 1, 2, 4, 8 steps only"),
         (["--model", "./missing-folder"], "no such file or folder"),
         (["-o", "x.png", "--format", "jpeg"], "--format jpeg contradicts the output file name x.png"),
+        (["-o", "x.gif"], "cannot write .gif images"),
     ],
 )
 def test_bad_input_exits_non_zero_with_one_line(hf_cache, args, message) -> None:

@@ -164,3 +164,21 @@ def test_a_lightning_file_for_another_unet_is_a_clear_error(hf_cache, tmp_path, 
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     with pytest.raises(ModelNotFound, match="sdxl_lightning_4step_unet.safetensors does not hold weights for the UNet"):
         Engine(EngineOptions(device="cpu")).generate(GenerationRequest(**{**TURBO, "recipe": "sdxl-lightning"}))
+
+
+def test_a_partial_download_and_an_odd_model_index_are_clear_errors(hf_cache, tmp_path) -> None:
+    import json
+
+    partial = tmp_path / "partial"
+    shutil.copytree(snapshot_path(hf_cache, SDXL_TURBO), partial)
+    for weights in (partial / "unet").glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(ModelNotFound, match="unet has no weights"):
+        Engine(EngineOptions(device="cpu")).generate(GenerationRequest(**{**TURBO, "model": str(partial)}))
+    odd = tmp_path / "odd"
+    shutil.copytree(snapshot_path(hf_cache, SDXL_TURBO), odd)
+    index = json.loads((odd / "model_index.json").read_text())
+    index["unet"] = ["diffusers", "UNet9000Model"]
+    (odd / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelNotFound, match="names diffusers.UNet9000Model, which this installation does not have"):
+        Engine(EngineOptions(device="cpu")).generate(GenerationRequest(**{**TURBO, "model": str(odd)}))

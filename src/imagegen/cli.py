@@ -121,12 +121,14 @@ def _generate(args: argparse.Namespace) -> int:
 
     request = _request_from_args(args)
     request.validate()  # fail on bad input before loading anything
+    target = args.output or settings.default_output_dir()
+    check_output_target(target)
     engine = Engine(EngineOptions(device=args.device, dtype=args.dtype, offload=args.offload,
                                   vae_tiling=args.vae_tiling, vae_slicing=args.vae_slicing,
                                   allow_pickle=args.allow_pickle))
     with _ProgressBar(enabled=not args.quiet) as bar:
         images = engine.generate(request, on_step=bar.update)
-    paths = output_paths(args.output or settings.default_output_dir(), len(images),
+    paths = output_paths(target, len(images),
                          images[0].request.output_format, [image.seed for image in images])
     for image, path in zip(images, paths):
         print(image.save(path))
@@ -152,6 +154,16 @@ def _train_digits(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_output_target(target: Path) -> None:
+    """Refuse an output we could not honour, before any model is loaded."""
+    if target.suffix.lower() in IMAGE_SUFFIXES:
+        return
+    if target.suffix and not target.exists():
+        raise InvalidRequest(f"cannot write {target.suffix} images; name a .png, .jpg or .webp file, or a folder")
+    if target.exists() and not target.is_dir():
+        raise InvalidRequest(f"{target} exists and is not a folder")
+
+
 def output_paths(target: Path, count: int, image_format: str, seeds: list[int]) -> list[Path]:
     """Where each image goes: a file path as given (numbered when several), or new numbered files in a folder."""
     suffix = ".jpg" if image_format == "jpeg" else f".{image_format}"
@@ -159,8 +171,7 @@ def output_paths(target: Path, count: int, image_format: str, seeds: list[int]) 
         if count == 1:
             return [target]
         return [target.with_name(f"{target.stem}-{i}{target.suffix}") for i in range(count)]
-    if target.exists() and not target.is_dir():
-        raise InvalidRequest(f"{target} exists and is not a folder")
+    check_output_target(target)
     taken = [int(p.name[:5]) for p in target.glob("[0-9][0-9][0-9][0-9][0-9]-*")] if target.is_dir() else []
     first = max(taken, default=-1) + 1
     return [target / f"{first + i:05d}-{seed}{suffix}" for i, seed in enumerate(seeds)]

@@ -63,6 +63,8 @@ class ComponentStore:
             if name.startswith("_") or name in skip:
                 continue
             if isinstance(value, list):
+                if len(value) != 2:
+                    raise ModelNotFound(f"{folder / 'model_index.json'}: entry {name!r} is not [library, class]")
                 library, class_name = value
                 parts[name] = None if library is None else self.component(folder, name, library, class_name, precision)
             else:
@@ -111,7 +113,11 @@ class ComponentStore:
         if root not in _LIBRARIES:
             raise ModelNotFound(f"{folder}'s model_index.json names {library}.{class_name}; components may come "
                                 f"from {', '.join(_LIBRARIES)} only")
-        cls = getattr(importlib.import_module(library), class_name)
+        try:
+            cls = getattr(importlib.import_module(library), class_name)
+        except (ImportError, AttributeError):
+            raise ModelNotFound(f"{folder}'s model_index.json names {library}.{class_name}, which this "
+                                f"installation does not have (a newer {root}?)") from None
         path = folder / subfolder if subfolder else folder
         if not path.is_dir():
             raise ModelNotFound(f"{folder} has no '{subfolder}' folder, which its model_index.json lists")
@@ -123,6 +129,11 @@ class ComponentStore:
             if issubclass(cls, SchedulerMixin):
                 return cls.from_pretrained(path)
         if not _holds_weights(path):
+            import torch
+
+            if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
+                raise ModelNotFound(f"{path} has no weights (an interrupted or partial download?); "
+                                    "download the model again")
             return cls.from_pretrained(path)  # tokenizers, feature extractors
         variant = _variant_present(path, precision.variant)
         use_safetensors = self._use_safetensors(path, variant)
