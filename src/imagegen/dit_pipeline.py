@@ -19,12 +19,14 @@ from imagegen.class_conditional import Generators, labels_from, sample, to_outpu
 
 
 class ClassConditionalDiTPipeline(DiffusionPipeline):
-    """transformer: a DiTTransformer2DModel; vae: its AutoencoderKL, or None when it works on pixels in [-1, 1]."""
+    """transformer: a DiTTransformer2DModel; vae: the AutoencoderKL its latents decode with.
+
+    Pixel-space models (the built-in digits) use class_conditional.PixelDiTPipeline instead.
+    """
 
     model_cpu_offload_seq = "transformer->vae"
-    _optional_components = ["vae"]
 
-    def __init__(self, transformer: Any, scheduler: Any, vae: Any = None, id2label: dict[str, str] | None = None) -> None:
+    def __init__(self, transformer: Any, scheduler: Any, vae: Any, id2label: dict[str, str] | None = None) -> None:
         super().__init__()
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
         self.register_to_config(id2label=id2label)
@@ -36,6 +38,5 @@ class ClassConditionalDiTPipeline(DiffusionPipeline):
         latents = sample(self.transformer, self.scheduler, class_labels, guidance_scale=guidance_scale,
                          num_inference_steps=num_inference_steps, generator=generator,
                          device=self._execution_device)  # (N, C, h, w)
-        if self.vae is not None:
-            latents = self.vae.decode(latents / self.vae.config.scaling_factor).sample  # (N, 3, H, W)
-        return ImagePipelineOutput(images=to_output(latents, output_type).images)
+        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample  # (N, 3, H, W)
+        return ImagePipelineOutput(images=to_output(images, output_type).images)
