@@ -6,7 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tiny_cascade import build_cascade
+from tiny_controlnet import build_controlnets
 from tiny_models import build_hf_cache
+from tiny_sd15 import build_sd15
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +24,8 @@ def hf_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
     cache = tmp_path_factory.mktemp("hf_cache")
     build_hf_cache(cache)
+    for build in (build_sd15, build_cascade, build_controlnets):
+        build(cache)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_CACHE", str(cache))
         patch.setenv("HF_HUB_OFFLINE", "1")

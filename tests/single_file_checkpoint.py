@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
+SD15_CLIP_PREFIX = "cond_stage_model.transformer."  # the original LDM code's name for SD 1.x's CLIP ViT-L
 OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 
 # Inside a ResBlock, sgm's openaimodel.py names the layers by their index in nn.Sequential wrappers.
@@ -71,17 +72,29 @@ def write_sdxl_single_file(diffusers_folder: Path, out: Path) -> Path:
     diffusers undoes when reading (the VAE's attention weights as 1x1 convolutions, OpenCLIP's fused q/k/v and
     transposed text projection), so ``from_single_file(out, config=diffusers_folder)`` gives back equal tensors.
     """
+    return _save(out, {
+        UNET_PREFIX: _sgm_unet(_weights(diffusers_folder / "unet"), _config(diffusers_folder / "unet")),
+        VAE_PREFIX: _sgm_vae(_weights(diffusers_folder / "vae"), _config(diffusers_folder / "vae")),
+        CLIP_L_PREFIX: _sgm_clip(_weights(diffusers_folder / "text_encoder")),
+        OPEN_CLIP_PREFIX: _open_clip(_weights(diffusers_folder / "text_encoder_2"),
+                                     _config(diffusers_folder / "text_encoder_2")),
+    })
+
+
+def write_sd15_single_file(diffusers_folder: Path, out: Path) -> Path:
+    """An SD 1.x checkpoint as civitai serves them (CompVis' LDM layout): its UNet and VAE are named as SDXL's,
+    its one text encoder sits under ``cond_stage_model.transformer.``."""
+    return _save(out, {
+        UNET_PREFIX: _sgm_unet(_weights(diffusers_folder / "unet"), _config(diffusers_folder / "unet")),
+        VAE_PREFIX: _sgm_vae(_weights(diffusers_folder / "vae"), _config(diffusers_folder / "vae")),
+        SD15_CLIP_PREFIX: _sgm_clip(_weights(diffusers_folder / "text_encoder")),
+    })
+
+
+def _save(out: Path, parts: Mapping[str, Mapping[str, Tensor]]) -> Path:
     from safetensors.torch import save_file
 
-    checkpoint: dict[str, Tensor] = {}
-    for prefix, tensors in (
-        (UNET_PREFIX, _sgm_unet(_weights(diffusers_folder / "unet"), _config(diffusers_folder / "unet"))),
-        (VAE_PREFIX, _sgm_vae(_weights(diffusers_folder / "vae"), _config(diffusers_folder / "vae"))),
-        (CLIP_L_PREFIX, _sgm_clip(_weights(diffusers_folder / "text_encoder"))),
-        (OPEN_CLIP_PREFIX, _open_clip(_weights(diffusers_folder / "text_encoder_2"),
-                                      _config(diffusers_folder / "text_encoder_2"))),
-    ):
-        checkpoint.update({prefix + key: tensor.contiguous() for key, tensor in tensors.items()})
+    checkpoint = {prefix + key: tensor.contiguous() for prefix, tensors in parts.items() for key, tensor in tensors.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(checkpoint, out)
     return out

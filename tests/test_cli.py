@@ -69,6 +69,9 @@ def test_recipes_lists_defaults_and_local_availability(hf_cache) -> None:
     assert lines["sdxl-turbo"][:5] == ["sdxl-turbo", "1", "0", "512x512", "yes"]
     assert lines["lcm-sdxl"][:5] == ["lcm-sdxl", "4", "8", "1024x1024", "yes"]
     assert lines["sdxl-lightning"][4] == "yes"
+    assert lines["stable-cascade"][:5] == ["stable-cascade", "20", "4", "1024x1024", "yes"]
+    assert lines["sd15"][:5] == ["sd15", "50", "7.5", "512x512", "yes"]
+    assert lines["sdxl-controlnet-canny"][:5] == ["sdxl-controlnet-canny", "50", "5", "1024x1024", "yes"]
 
 
 def test_recipes_says_no_for_models_not_on_disk(tmp_path) -> None:
@@ -90,6 +93,10 @@ def test_recipes_says_no_for_models_not_on_disk(tmp_path) -> None:
         (["--model", "./missing-folder"], "no such file or folder"),
         (["-o", "x.png", "--format", "jpeg"], "--format jpeg contradicts the output file name x.png"),
         (["-o", "x.gif"], "cannot write .gif images"),
+        (["--lora", "no-such-lora"], "LoRA 'no-such-lora' not found"),
+        (["--lora", "style:nan"], "weight must be a number between -10 and 10"),
+        (["--decoder-steps", "4"], "recipe sdxl-turbo does not take a decoder stage"),
+        (["--control-image", "x.png"], "recipe sdxl-turbo does not take a control image"),
     ],
 )
 def test_bad_input_exits_non_zero_with_one_line(hf_cache, args, message) -> None:
@@ -195,3 +202,24 @@ def test_replaying_an_img2img_image_asks_for_its_init_image(hf_cache, generated,
     again = tmp_path / "again.png"
     assert imagegen("generate", "--from", str(out), "--init-image", str(generated), "-o", str(again)).returncode == 0
     np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(out)))
+
+
+def test_loras_and_two_stage_recipes_from_the_command_line(hf_cache, tmp_path) -> None:
+    from tiny_sd15 import write_loras
+
+    write_loras(tmp_path / "loras")
+    env = {"IMAGEGEN_LORA_DIR": str(tmp_path / "loras")}
+    sd15 = imagegen("generate", "a cat <lora:sd15_kohya:0.6>", "--recipe", "sd15", "--lora", "sd15_peft:0.3",
+                    "--steps", "2", "--width", "64", "--height", "64", "--seed", "5", "-o", str(tmp_path / "sd.png"),
+                    "-q", env=env)
+    assert sd15.returncode == 0, sd15.stderr
+    info = imagegen("info", str(tmp_path / "sd.png")).stdout
+    assert info.startswith("a cat <lora:sd15_peft:0.3> <lora:sd15_kohya:0.6>\n")
+    assert 'Lora hashes: "sd15_peft: ' in info
+    replay = imagegen("generate", "--from", str(tmp_path / "sd.png"), "-o", str(tmp_path / "again.png"), "-q", env=env)
+    assert replay.returncode == 0, replay.stderr
+    assert Image.open(tmp_path / "again.png").tobytes() == Image.open(tmp_path / "sd.png").tobytes()
+    cascade = imagegen("generate", "a cat", "--recipe", "stable-cascade", "--steps", "2", "--decoder-steps", "2",
+                       "--width", "128", "--height", "128", "-o", str(tmp_path / "c.png"), "-q")
+    assert cascade.returncode == 0, cascade.stderr
+    assert "Decoder steps: 2" in imagegen("info", str(tmp_path / "c.png")).stdout

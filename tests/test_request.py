@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
 from imagegen.errors import InvalidRequest
+from imagegen.lora_tags import LoraSpec
 from imagegen.recipes import get_recipe
 from imagegen.request import MAX_IMAGES, MAX_SEED, GenerationRequest
 
@@ -75,3 +77,64 @@ def test_explicit_options_override_the_defaults() -> None:
 def test_the_last_image_of_a_batch_keeps_a_valid_seed() -> None:
     with pytest.raises(InvalidRequest, match="seed \\+ n - 1 must stay within 4294967295"):
         request(seed=MAX_SEED, num_images=2).validate()
+
+
+@pytest.mark.parametrize(
+    ("recipe", "options", "message"),
+    [
+        ("dit", {"loras": (LoraSpec("style"),)}, "recipe dit does not take LoRAs"),
+        ("sdxl", {"control_image": "edges.png"}, "recipe sdxl does not take a control image"),
+        ("sdxl", {"controlnet": "org/depth"}, "recipe sdxl does not take --controlnet"),
+        ("sdxl", {"canny_low": 50}, "recipe sdxl does not take Canny thresholds"),
+        ("sdxl", {"decoder_steps": 5}, "recipe sdxl does not take a decoder stage"),
+        ("stable-cascade", {"scheduler": "euler"}, "recipe stable-cascade does not take --scheduler"),
+        ("stable-cascade", {"width": 1000}, "width must be a multiple of 128 for recipe stable-cascade"),
+        ("stable-cascade", {"decoder_steps": 0}, "decoder_steps must be between 1 and 150"),
+        ("stable-cascade", {"decoder_guidance_scale": -1.0}, "decoder_guidance_scale must be between 0 and 50"),
+        ("sdxl-controlnet-canny", {}, r"needs a control image \(--control-image PATH\)"),
+        ("sd15", {"loras": tuple(LoraSpec(f"l{i}") for i in range(17))}, "at most 16 LoRAs per request"),
+    ],
+)
+def test_options_a_recipe_has_no_use_for_are_refused(recipe, options, message) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        GenerationRequest(prompt="a cat", recipe=recipe, **options).resolve(get_recipe(recipe))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"controlnet_conditioning_scale": 6.0}, "controlnet_conditioning_scale must be between 0 and 5"),
+        ({"canny_low": -1}, "canny_low must be between 0 and 1000"),
+        ({"canny_low": 300, "canny_high": 200}, r"canny_low \(300\) must not exceed canny_high \(200\)"),
+    ],
+)
+def test_control_options_are_checked(tmp_path, options, message) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (96, 64)).save(tmp_path / "photo.png")
+    with pytest.raises(InvalidRequest, match=message):
+        GenerationRequest(prompt="a cat", recipe="sdxl-controlnet-canny", control_image=str(tmp_path / "photo.png"),
+                          **options).resolve(get_recipe("sdxl-controlnet-canny"))
+
+
+def test_a_control_image_sets_the_size_unless_given(tmp_path) -> None:
+    """As diffusers' ControlNet pipelines: the control image's size, rounded down to a multiple of 8."""
+    from PIL import Image
+
+    Image.new("RGB", (100, 70)).save(tmp_path / "photo.png")
+    recipe = get_recipe("sdxl-controlnet-canny")
+    photo = GenerationRequest(prompt="a", recipe=recipe.name, control_image=str(tmp_path / "photo.png"))
+    resolved = photo.resolve(recipe)
+    assert (resolved.width, resolved.height) == (96, 64)
+    assert (resolved.controlnet_conditioning_scale, resolved.canny_low, resolved.canny_high) == (0.5, 100, 200)
+    assert resolved.negative_prompt == "low quality, bad quality, sketches"
+    wider = replace(photo, width=128).resolve(recipe)
+    assert (wider.width, wider.height) == (128, 64)
+
+
+def test_prompt_lora_tags_join_the_option_loras() -> None:
+    resolved = GenerationRequest(prompt="a <lora:ink:0.6> cat <lora:film>", recipe="sdxl-turbo",
+                                 loras=(LoraSpec("flat", 0.3),)).resolve(get_recipe("sdxl-turbo"))
+    assert resolved.prompt == "a cat"
+    assert resolved.loras == (LoraSpec("flat", 0.3), LoraSpec("ink", 0.6), LoraSpec("film", 1.0))
+    assert resolved.resolve(get_recipe("sdxl-turbo")) == resolved  # resolving again changes nothing

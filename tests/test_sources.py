@@ -93,14 +93,21 @@ def test_a_folder_with_pickle_weights_needs_allow_pickle(hf_cache, tmp_path) -> 
     assert len(Engine(EngineOptions(device="cpu", allow_pickle=True)).generate(request)) == 1
 
 
-@pytest.mark.parametrize("value", ["./nowhere", "/no/such/model.safetensors", "not-a-hub-id", "a/b/c"])
+@pytest.mark.parametrize("value", ["./nowhere", "/no/such/model.safetensors", "not-a-hub-id", "a//b", "a/"])
 def test_model_arguments_that_are_neither_paths_nor_hub_ids(value) -> None:
     with pytest.raises(ModelNotFound, match="no such file or folder"):
         parse_model_argument(value)
 
 
-def test_a_hub_id_is_a_model_reference() -> None:
-    assert parse_model_argument("someone/my-sdxl") == ModelRef("someone/my-sdxl")
+def test_a_hub_id_is_a_model_reference_on_either_hub() -> None:
+    assert parse_model_argument("someone/my-sdxl") == ModelRef("someone/my-sdxl", "someone/my-sdxl")
+
+
+def test_a_hub_id_may_name_the_subfolder_that_holds_the_model() -> None:
+    """The seed loads f"{snapshot_download('YorickHe/majicmixRealistic_v6')}/v7"."""
+    ref = parse_model_argument("YorickHe/majicmixRealistic_v6/v7")
+    assert (ref.hf_id, ref.modelscope_id, ref.subfolder) == ("YorickHe/majicmixRealistic_v6",) * 2 + ("v7",)
+    assert ref.name == "YorickHe/majicmixRealistic_v6/v7"
 
 
 def test_half_precision_uses_the_fp16_files_and_falls_back_per_component(hf_cache, tmp_path) -> None:

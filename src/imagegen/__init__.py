@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from imagegen.engine import Engine
     from imagegen.request import GeneratedImage
 
-__all__ = ["Engine", "EngineOptions", "GenerationRequest", "GeneratedImage", "generate", "__version__"]
+__all__ = ["Engine", "EngineOptions", "GenerationRequest", "GeneratedImage", "LoraSpec", "generate", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -27,6 +27,10 @@ def __getattr__(name: str) -> Any:
         from imagegen import request
 
         return getattr(request, name)
+    if name == "LoraSpec":
+        from imagegen.lora_tags import LoraSpec
+
+        return LoraSpec
     raise AttributeError(f"module 'imagegen' has no attribute {name!r}")
 
 
@@ -39,10 +43,14 @@ def default_engine() -> Engine:
 
 
 def generate(prompt: str, recipe: str | None = None, **options: Any) -> list[GeneratedImage]:
-    """Generate images with the default engine; options are GenerationRequest's fields."""
+    """Generate images with the default engine; options are GenerationRequest's fields.
+
+    `loras` may list "NAME[:WEIGHT]" texts as well as LoraSpec objects.
+    """
     from dataclasses import fields
 
     from imagegen.errors import InvalidRequest
+    from imagegen.lora_tags import LoraSpec
     from imagegen.recipes import DEFAULT_RECIPE
     from imagegen.request import GenerationRequest
 
@@ -50,4 +58,6 @@ def generate(prompt: str, recipe: str | None = None, **options: Any) -> list[Gen
     unknown = sorted(set(options) - known)
     if unknown:
         raise InvalidRequest(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if "loras" in options:
+        options["loras"] = tuple(LoraSpec.parse(lora) if isinstance(lora, str) else lora for lora in options["loras"])
     return default_engine().generate(GenerationRequest(prompt=prompt, recipe=recipe or DEFAULT_RECIPE, **options))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
@@ -43,6 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
                      help="img2img: start from this image (resized to --width x --height)")
     gen.add_argument("--strength", type=float, help="img2img: how much of the init image to repaint, 0-1 (0.75)")
     gen.add_argument("--mask", dest="mask_image", metavar="PATH", help="inpainting: repaint where this mask is white")
+    gen.add_argument("--lora", dest="loras", action="append", metavar="NAME[:WEIGHT]",
+                     help="apply a LoRA (repeatable): a file, a name in the LoRA folder ($IMAGEGEN_LORA_DIR) or a hub "
+                          "id org/repo[/file.safetensors]; the prompt may also hold <lora:NAME:WEIGHT> tags")
+    gen.add_argument("--control-image", dest="control_image", metavar="PATH",
+                     help="ControlNet recipes: the photo to take Canny edges from (or the map itself, see below)")
+    gen.add_argument("--control-is-edges", dest="control_is_edges", action="store_true", default=None,
+                     help="the control image is already the map the ControlNet wants: no Canny")
+    gen.add_argument("--controlnet", metavar="ID_OR_PATH",
+                     help="use another SDXL ControlNet (depth, pose...) with a prepared --control-image")
+    gen.add_argument("--control-scale", dest="controlnet_conditioning_scale", type=float, metavar="W",
+                     help="ControlNet conditioning scale (0.5)")
+    gen.add_argument("--canny-low", dest="canny_low", type=int, metavar="T", help="Canny low threshold (100)")
+    gen.add_argument("--canny-high", dest="canny_high", type=int, metavar="T", help="Canny high threshold (200)")
+    gen.add_argument("--save-control", action="store_true", help="also save the control (edge) image beside the result")
+    gen.add_argument("--decoder-steps", dest="decoder_steps", type=int, metavar="N",
+                     help="Stable Cascade: the decoder's steps (10); --steps/--guidance are the prior's")
+    gen.add_argument("--decoder-guidance", dest="decoder_guidance_scale", type=float, metavar="CFG",
+                     help="Stable Cascade: the decoder's guidance (0)")
     gen.add_argument("--format", dest="output_format", choices=OUTPUT_FORMATS,
                      help="image format (default: from -o's suffix, else png)")
     gen.add_argument("-o", "--output", type=Path, help="output file, or folder (default ./outputs)")
@@ -50,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start from the parameters stored in this image; other options override them")
     gen.add_argument("--device", choices=DEVICES, default="auto")
     gen.add_argument("--dtype", choices=DTYPES, default="auto")
-    gen.add_argument("--offload", choices=OFFLOAD_MODES, default="none", help="CPU offload (GPU only)")
+    gen.add_argument("--offload", choices=OFFLOAD_MODES, default="auto",
+                     help="CPU offload on a GPU (auto: as the recipe's seed code does)")
     gen.add_argument("--vae-tiling", action="store_true", help="decode in tiles: large images in less memory")
     gen.add_argument("--vae-slicing", action="store_true", help="decode one image at a time")
     gen.add_argument("--allow-pickle", action="store_true",
@@ -80,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         return args.run(args)
     except ImagegenError as error:
@@ -107,6 +128,10 @@ def _request_from_args(args: argparse.Namespace) -> GenerationRequest:
         base = GenerationRequest(prompt=args.prompt, recipe=args.recipe or DEFAULT_RECIPE)
     given = {f.name: getattr(args, f.name) for f in fields(GenerationRequest)
              if getattr(args, f.name, None) is not None}
+    if args.loras:
+        from imagegen.lora_tags import LoraSpec
+
+        given["loras"] = (*base.loras, *(LoraSpec.parse(text) for text in args.loras))
     suffix_format = IMAGE_SUFFIXES.get(args.output.suffix.lower()) if args.output is not None else None
     if suffix_format and args.output_format not in (None, suffix_format):
         raise InvalidRequest(f"--format {args.output_format} contradicts the output file name {args.output}")
@@ -132,6 +157,12 @@ def _generate(args: argparse.Namespace) -> int:
                          images[0].request.output_format, [image.seed for image in images])
     for image, path in zip(images, paths):
         print(image.save(path))
+    if args.save_control:
+        from imagegen.control import control_image
+
+        resolved = images[0].request
+        control = replace(images[0], image=control_image(resolved).resize((resolved.width, resolved.height)))
+        print(control.save(paths[0].with_name(f"{paths[0].stem}-control{paths[0].suffix}")))
     if args.grid:
         from imagegen.grid import make_grid
 
@@ -202,6 +233,20 @@ def _info(args: argparse.Namespace) -> int:
         return 1
     print(text)
     return 0
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """Our own warnings as one line, like our errors; a library's keep Python's format."""
+    from imagegen.config_repairs import ConfigRepaired
+
+    if issubclass(category, ConfigRepaired):
+        print(f"imagegen: warning: {message}", file=sys.stderr)
+    else:
+        _PYTHON_SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
+_PYTHON_SHOW_WARNING = warnings.showwarning
 
 
 class _ProgressBar:

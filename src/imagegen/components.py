@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagegen.config_repairs import config_overrides
 from imagegen.errors import ModelNotFound, UnsafeWeights
 from imagegen.sources import LocalModel, ModelRef, check_weights_file, locate
 
@@ -29,11 +30,13 @@ class Precision:
 
     device: str
     dtype: str  # "float32", "float16" or "bfloat16"
+    offload: str = "none"  # an offloaded pipeline's modules move between devices: never share them with others
+    half_variant: str = "fp16"  # the name of the repo's half-precision files (Stable Cascade's are "bf16")
 
     @property
     def variant(self) -> str | None:
-        """Repos publish half-precision copies as the "fp16" variant; use them whenever we run in half."""
-        return "fp16" if self.dtype in ("float16", "bfloat16") else None
+        """Repos publish half-precision copies as a variant; use them whenever we run in half."""
+        return self.half_variant if self.dtype in ("float16", "bfloat16") else None
 
     def torch_dtype(self) -> Any:
         import torch
@@ -109,15 +112,8 @@ class ComponentStore:
         return found
 
     def _load(self, folder: Path, subfolder: str | None, library: str, class_name: str, precision: Precision) -> Any:
-        root = library.split(".")[0]
-        if root not in _LIBRARIES:
-            raise ModelNotFound(f"{folder}'s model_index.json names {library}.{class_name}; components may come "
-                                f"from {', '.join(_LIBRARIES)} only")
-        try:
-            cls = getattr(importlib.import_module(library), class_name)
-        except (ImportError, AttributeError):
-            raise ModelNotFound(f"{folder}'s model_index.json names {library}.{class_name}, which this "
-                                f"installation does not have (a newer {root}?)") from None
+        cls = _component_class(folder, library, class_name)
+        root = cls.__module__.split(".")[0]
         path = folder / subfolder if subfolder else folder
         if not path.is_dir():
             raise ModelNotFound(f"{folder} has no '{subfolder}' folder, which its model_index.json lists")
@@ -141,7 +137,7 @@ class ComponentStore:
         # transformers reads `dtype`; without it, a config recording float16 would load in float16 on CPU.
         dtype_argument = "torch_dtype" if root == "diffusers" else "dtype"
         return cls.from_pretrained(path, **{dtype_argument: precision.torch_dtype()}, variant=variant,
-                                   use_safetensors=use_safetensors)
+                                   use_safetensors=use_safetensors, **config_overrides(cls, path))
 
     def _load_own(self, cls: type, path: Path, precision: Precision) -> Any:
         """imagegen's own classes (the built-in model's), which need no diffusers: `from_pretrained(path)`, plus
@@ -164,6 +160,31 @@ class ComponentStore:
             f"{path} has pickle weights only (.bin), which can run arbitrary code when loaded; "
             "convert them to safetensors, or pass --allow-pickle if you trust their source"
         )
+
+
+def _component_class(folder: Path, library: str, class_name: str) -> type:
+    """The class a model_index.json entry names, from our allowed libraries only.
+
+    diffusers names some components by the pipeline module that defines them ("stable_diffusion" for the
+    safety checker, "wuerstchen" for Stable Cascade's VQGAN); such modules may since have moved under
+    diffusers.pipelines.deprecated.
+    """
+    if library.split(".")[0] in _LIBRARIES:
+        modules = [library]
+    elif library.isidentifier():
+        modules = [f"diffusers.pipelines.{library}", f"diffusers.pipelines.deprecated.{library}"]
+    else:
+        modules = []
+    for module in modules:
+        try:
+            return getattr(importlib.import_module(module), class_name)
+        except (ImportError, AttributeError):
+            continue
+    if not modules:
+        raise ModelNotFound(f"{folder}'s model_index.json names {library}.{class_name}; components may come "
+                            f"from {', '.join(_LIBRARIES)} (or diffusers' pipeline modules) only")
+    raise ModelNotFound(f"{folder}'s model_index.json names {library}.{class_name}, which this "
+                        f"installation does not have (a newer {library.split('.')[0]}?)")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

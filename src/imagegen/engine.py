@@ -8,6 +8,7 @@ does), so a seed means the same image on every device up to kernel precision.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -18,13 +19,15 @@ from typing import Any
 from imagegen.components import ComponentStore, Precision
 from imagegen.devices import pick_device, pick_dtype
 from imagegen.errors import Cancelled, InvalidRequest, ModelNotFound
+from imagegen.loras import LoraLibrary
+from imagegen.loras import applied as applied_loras
 from imagegen.recipes import get_recipe
 from imagegen.recipes.base import Recipe
 from imagegen.request import GeneratedImage, GenerationRequest
 from imagegen.schedulers import describe, make_scheduler
 from imagegen.sources import LocalModel, ModelRef, locate, parse_model_argument
 
-OFFLOAD_MODES = ("none", "model", "sequential")
+OFFLOAD_MODES = ("auto", "none", "model", "sequential")
 ProgressFn = Callable[[int, int], None]
 
 
@@ -34,7 +37,9 @@ class EngineOptions:
 
     device: str = "auto"
     dtype: str = "auto"
-    offload: str = "none"  # "model": whole models move to the GPU in turn; "sequential": layer by layer
+    # "model": whole models move to the GPU in turn; "sequential": layer by layer; "auto": the recipe's choice
+    # (the seed offloads its ControlNet pipeline), never on the CPU.
+    offload: str = "auto"
     vae_tiling: bool = False
     vae_slicing: bool = False
     allow_pickle: bool = False
@@ -49,9 +54,10 @@ class Engine:
             raise InvalidRequest(f"unknown offload mode {options.offload!r}; choose one of {', '.join(OFFLOAD_MODES)}")
         self.options = options
         self.device = pick_device(options.device)
-        if options.offload != "none" and self.device == "cpu":
+        if options.offload not in ("none", "auto") and self.device == "cpu":
             raise InvalidRequest("CPU offload moves models between the CPU and a GPU; there is no GPU here")
         self.store = ComponentStore(allow_pickle=options.allow_pickle)
+        self.loras = LoraLibrary()
         self._pipelines: OrderedDict[tuple, tuple[Any, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -64,28 +70,44 @@ class Engine:
 
         recipe = get_recipe(request.recipe)
         resolved = request.resolve(recipe)
+        loras = [self.loras.load(spec) for spec in resolved.loras]  # a missing LoRA fails before any model loads
         with self._lock:
-            pipe, recipe_scheduler = self._pipeline(recipe, resolved)
-            # A fresh scheduler per call: schedulers keep per-run state (timesteps, step index).
-            scheduler = make_scheduler(resolved.scheduler, recipe_scheduler.config) if resolved.scheduler \
-                else type(recipe_scheduler).from_config(recipe_scheduler.config)
-            _observe_steps(scheduler, on_step, cancel)
-            pipe.scheduler = scheduler
+            pipe, recipe_schedulers = self._pipeline(recipe, resolved)
+            # Fresh schedulers per call: schedulers keep per-run state (timesteps, step index).
+            schedulers = {slot: type(scheduler).from_config(scheduler.config)
+                          for slot, scheduler in recipe_schedulers.items()}
+            main_slot = recipe.scheduler_slots[0]
+            if resolved.scheduler:
+                schedulers[main_slot] = make_scheduler(resolved.scheduler, recipe_schedulers[main_slot].config)
+            progress = _Progress(recipe.total_steps(resolved), on_step, cancel)
+            for slot, scheduler in schedulers.items():
+                progress.observe(scheduler)
+                _set_attribute(pipe, slot, scheduler)
             seeds = resolved.image_seeds()
             try:
-                images = pipe(
-                    **recipe.arguments(pipe, resolved),
-                    generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-                    output_type="pil",
-                ).images
+                with applied_loras(pipe, loras):
+                    images = pipe(
+                        **recipe.arguments(pipe, resolved),
+                        generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+                        output_type="pil",
+                    ).images
             finally:
-                pipe.scheduler = recipe_scheduler  # the cached pipeline never keeps a request's scheduler
-        sampler = describe(scheduler)
-        return [GeneratedImage(recipe.postprocess(image, resolved), seed, infotext_for(resolved, seed, sampler),
+                for slot, scheduler in recipe_schedulers.items():  # the cached pipeline never keeps a request's
+                    _set_attribute(pipe, slot, scheduler)
+        sampler = describe(schedulers[main_slot])
+        hashes = [(lora.spec, lora.short_hash) for lora in loras]
+        return [GeneratedImage(recipe.postprocess(image, resolved), seed, infotext_for(resolved, seed, sampler, hashes),
                                resolved) for image, seed in zip(images, seeds)]
 
-    def precision(self, recipe: Recipe) -> Precision:
-        return Precision(self.device, pick_dtype(self.device, self.options.dtype, recipe.gpu_dtype))
+    def precision(self, recipe: Recipe, role: str = "base") -> Precision:
+        """Where and in which dtype the recipe's `role` model runs; on a GPU, offloaded as the recipe asks."""
+        dtype = pick_dtype(self.device, self.options.dtype, recipe.role_gpu_dtypes.get(role, recipe.gpu_dtype))
+        offload = self.options.offload
+        if offload == "auto":
+            offload = "none" if self.device.startswith(("cpu", "mps")) else recipe.gpu_offload
+        model = recipe.models.get(role)
+        half_variant = model.half_variant if isinstance(model, ModelRef) else "fp16"
+        return Precision(self.device, dtype, offload, half_variant)
 
     def _pipeline(self, recipe: Recipe, request: GenerationRequest) -> tuple[Any, Any]:
         """The recipe's pipeline for this request, from the warm cache or assembled now.
@@ -99,25 +121,25 @@ class Engine:
             self._pipelines.move_to_end(key)
             return self._pipelines[key]
         if request.task == "txt2img":
-            pipe = recipe.build(_Context(self.store, recipe, request, precision))
-            self._place(pipe)
+            pipe = recipe.build(_Context(self.store, recipe, request, functools.partial(self.precision, recipe)))
+            self._place(pipe, precision.offload)
         else:
-            text_pipe, text_scheduler = self._pipeline(
+            text_pipe, text_schedulers = self._pipeline(
                 recipe, replace(request, init_image=None, mask_image=None, strength=None))
             import diffusers
 
-            pipe = getattr(diffusers, _TASK_PIPELINES[request.task]).from_pipe(text_pipe, scheduler=text_scheduler)
+            pipe = getattr(diffusers, _TASK_PIPELINES[request.task]).from_pipe(text_pipe, **text_schedulers)
         pipe.set_progress_bar_config(disable=True)
-        entry = (pipe, pipe.scheduler)
+        entry = (pipe, {slot: _get_attribute(pipe, slot) for slot in recipe.scheduler_slots})
         self._pipelines[key] = entry
         while len(self._pipelines) > self.options.max_pipelines:
             self._pipelines.popitem(last=False)  # its components stay while another pipeline uses them
         return entry
 
-    def _place(self, pipe: Any) -> None:
-        if self.options.offload == "model":
+    def _place(self, pipe: Any, offload: str) -> None:
+        if offload == "model":
             pipe.enable_model_cpu_offload(device=self.device)
-        elif self.options.offload == "sequential":
+        elif offload == "sequential":
             pipe.enable_sequential_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
@@ -131,43 +153,69 @@ class Engine:
 _TASK_PIPELINES = {"img2img": "AutoPipelineForImage2Image", "inpaint": "AutoPipelineForInpainting"}
 
 
-def _observe_steps(scheduler: Any, on_step: ProgressFn | None, cancel: threading.Event | None) -> None:
-    """Report progress and honour cancellation after every scheduler step.
+class _Progress:
+    """Report progress and honour cancellation after every scheduler step, across all of a pipeline's stages.
 
-    Hooking the scheduler rather than a pipeline callback works for every diffusers pipeline, including
-    those without `callback_on_step_end` (DiT); the pipeline calls step() once per denoising step.
+    Hooking the schedulers rather than a pipeline callback works for every diffusers pipeline, including
+    those without `callback_on_step_end` (DiT) and two-stage ones (Stable Cascade). A second-order scheduler
+    (Heun) calls step() twice per step, so each call counts 1/order of a step.
     """
-    step = scheduler.step
-    done = 0
 
-    # wraps() keeps step's signature visible: pipelines inspect it to decide whether to pass `generator`.
-    @functools.wraps(step)
-    def observed_step(*args: Any, **kwargs: Any) -> Any:
-        nonlocal done
-        result = step(*args, **kwargs)
-        done += 1
-        if on_step is not None:
-            on_step(done, len(scheduler.timesteps))
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("generation was cancelled")
-        return result
+    def __init__(self, total: int, on_step: ProgressFn | None, cancel: threading.Event | None) -> None:
+        self.total, self.on_step, self.cancel = total, on_step, cancel
+        self.done = 0.0
 
-    scheduler.step = observed_step
+    def observe(self, scheduler: Any) -> None:
+        step = scheduler.step
+        share = 1.0 / getattr(scheduler, "order", 1)
+
+        # wraps() keeps step's signature visible: pipelines inspect it to decide whether to pass `generator`.
+        @functools.wraps(step)
+        def observed_step(*args: Any, **kwargs: Any) -> Any:
+            result = step(*args, **kwargs)
+            self.done += share
+            if self.on_step is not None:
+                self.on_step(min(math.ceil(self.done - 1e-9), self.total), self.total)
+            if self.cancel is not None and self.cancel.is_set():
+                raise Cancelled("generation was cancelled")
+            return result
+
+        scheduler.step = observed_step
+
+
+def _get_attribute(pipe: Any, path: str) -> Any:
+    """A dotted attribute ("prior.scheduler"): two-stage pipelines keep a scheduler per stage."""
+    return functools.reduce(getattr, path.split("."), pipe)
+
+
+def _set_attribute(pipe: Any, path: str, value: Any) -> None:
+    owner, _, name = path.rpartition(".")
+    setattr(_get_attribute(pipe, owner) if owner else pipe, name, value)
 
 
 class _Context:
     """The BuildContext a recipe assembles its pipeline from."""
 
-    def __init__(self, store: ComponentStore, recipe: Recipe, request: GenerationRequest, precision: Precision):
-        self.store, self.recipe, self.request, self.precision = store, recipe, request, precision
+    # The request option that replaces a role's model, for the roles a user may replace.
+    _OVERRIDES = {"base": "model", "controlnet": "controlnet"}
+
+    def __init__(self, store: ComponentStore, recipe: Recipe, request: GenerationRequest,
+                 precision: Callable[[str], Precision]):
+        self.store, self.recipe, self.request, self._precision = store, recipe, request, precision
 
     def model(self, role: str) -> ModelRef | LocalModel:
-        if role == "base" and self.request.model:
-            return parse_model_argument(self.request.model, allow_pickle=self.store.allow_pickle)
-        return self.recipe.models[role]
+        published = self.recipe.models[role]
+        override = getattr(self.request, self._OVERRIDES.get(role, ""), None)
+        if not override:
+            return published
+        given = parse_model_argument(override, allow_pickle=self.store.allow_pickle)
+        # A hub id replacing a ControlNet is a model repo like the one it replaces, not a pipeline.
+        if isinstance(given, ModelRef) and isinstance(published, ModelRef):
+            return replace(given, kind=published.kind)
+        return given
 
     def folder(self, role: str, filename: str | None = None) -> Path:
-        return self.store.folder(self.model(role), self.precision, filename=filename)
+        return self.store.folder(self.model(role), self._precision(role), filename=filename)
 
     def pipeline(self, role: str = "base", *, pipeline_class: type | None = None, **replace: Any) -> Any:
         model = self.model(role)
@@ -176,23 +224,24 @@ class _Context:
         folder = self.folder(role)
         cls = pipeline_class or _pipeline_class(folder)
         _check_fits(cls, folder, self.recipe.name)
-        parts = self.store.pipeline_components(folder, self.precision, skip=set(replace))
+        parts = self.store.pipeline_components(folder, self._precision(role), skip=set(replace))
         return cls(**parts, **replace)
 
     def component(self, role: str, class_name: str, *, subfolder: str | None = None,
                   library: str = "diffusers") -> Any:
-        return self.store.component(self.folder(role), subfolder, library, class_name, self.precision)
+        return self.store.component(self.folder(role), subfolder, library, class_name, self._precision(role))
 
     def unet_from_file(self, role: str, *, config_role: str = "base") -> Any:
         filename = self.recipe.models[role].file_for(self.request.num_inference_steps)
         weights = self.folder(role, filename) / filename
-        return self.store.unet_from_file(weights, self.folder(config_role), self.precision)
+        return self.store.unet_from_file(weights, self.folder(config_role), self._precision(role))
 
     def _single_file_pipeline(self, model: LocalModel, role: str, replace: dict[str, Any]) -> Any:
         """A civitai-style checkpoint: its weights, with the architecture configs of the recipe's own model."""
         published = self.recipe.models[role]
         try:
-            config = locate(published, variant=self.precision.variant)
+            precision = self._precision(role)
+            config = locate(published, variant=precision.variant)
         except ModelNotFound as error:
             raise ModelNotFound(
                 f"{model.path} is a single-file checkpoint; reading it needs the configs of {published.name}, "
@@ -202,7 +251,7 @@ class _Context:
 
         try:
             pipe = _pipeline_class(config).from_single_file(
-                str(model.path), config=str(config), torch_dtype=self.precision.torch_dtype(), **replace
+                str(model.path), config=str(config), torch_dtype=precision.torch_dtype(), **replace
             )
         except (SingleFileComponentError, OSError, ValueError) as error:
             raise ModelNotFound(f"{model.path} is not a {published.name} checkpoint that can be read: "

@@ -18,7 +18,7 @@ import json
 import os
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,19 +155,24 @@ def save_image(
         options["pnginfo"] = png_info
     else:
         options["quality"] = quality
-        options["exif"] = _exif_with_user_comment(infotext)
+        options["exif"] = exif_with_user_comment(infotext)
         if image_format == "jpeg" and image.mode not in ("RGB", "L"):
             # JPEG holds neither alpha nor a palette; A1111 drops RGBA's alpha the same way.
             image = image.convert("RGB")
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    write_aside(path, lambda partial: image.save(partial, format=_PIL_FORMATS[image_format], **options))
+    return path
+
+
+def write_aside(path: Path, write: Callable[[Path], object]) -> None:
+    """Run `write` on a name beside `path`, then rename, so a watching gallery never reads half a file."""
     partial = path.with_name(path.name + ".tmp")
     try:
-        image.save(partial, format=_PIL_FORMATS[image_format], **options)
+        write(partial)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-    return path
 
 
 def read_infotext(path: Path) -> str | None:
@@ -234,7 +239,7 @@ def _resolve_format(path: Path, image_format: str | None) -> tuple[str, Path]:
     return wanted, path
 
 
-def _exif_with_user_comment(text: str) -> bytes:
+def exif_with_user_comment(text: str) -> bytes:
     """EXIF holding only UserComment, with the byte order, tags and types piexif.dump writes.
 
     Built by hand because Pillow writes an unknown bytes tag as BYTE, which piexif (so A1111)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imagegen.errors import InvalidRequest
+from imagegen.lora_tags import MAX_LORAS, LoraSpec, split_lora_tags
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -25,6 +26,8 @@ MAX_PROMPT_CHARS = 10_000
 MAX_SEED = 2**32 - 1  # A1111's range; seed + i for image i stays far below torch's 2**64 limit
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 DEFAULT_STRENGTH = 0.75  # A1111's default denoising strength for img2img
+MAX_CONTROL_SCALE = 5.0
+MAX_CANNY_THRESHOLD = 1000  # cv2.Canny compares gradient magnitudes, which reach about 1443 for 8-bit images
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,15 @@ class GenerationRequest:
     init_image: str | None = None  # path: img2img starts from this image, noised to `strength`
     mask_image: str | None = None  # path: inpainting repaints where the mask is white
     strength: float | None = None
+    loras: tuple[LoraSpec, ...] = ()  # besides the prompt's <lora:NAME:WEIGHT> tags; resolve merges both here
+    control_image: str | None = None  # path: the ControlNet's condition (a photo to take edges from, or a map)
+    control_is_edges: bool = False  # the control image is already the map the ControlNet wants: no Canny
+    controlnet: str | None = None  # replaces the recipe's ControlNet (depth, pose... with a prepared map)
+    controlnet_conditioning_scale: float | None = None
+    canny_low: int | None = None
+    canny_high: int | None = None
+    decoder_steps: int | None = None  # two-stage recipes (Stable Cascade): the second stage's steps and CFG
+    decoder_guidance_scale: float | None = None
 
     @property
     def task(self) -> str:
@@ -61,19 +73,33 @@ class GenerationRequest:
     def resolve(self, recipe: Recipe) -> GenerationRequest:
         """Fill the recipe's defaults and draw a seed if none was given, then validate everything.
 
-        The result has no None left but `model` and `scheduler` (None there means the recipe's own),
-        so it can be written into an image's infotext and replayed exactly.
+        The result has no None left but `model` and `scheduler` (None there means the recipe's own) and the
+        options of stages the recipe does not have, so it can be written into an image's infotext and
+        replayed exactly. The prompt's LoRA tags move into `loras`, after those given as options.
         """
         d = recipe.defaults
+        width, height = self.width, self.height
+        if self.control_image is not None and recipe.control and (width is None or height is None):
+            # As diffusers' ControlNet pipelines: the control image's size, to a multiple of 8, within limits.
+            from imagegen.images import image_size
+
+            fitted = [max(MIN_SIDE, min(MAX_SIDE, side - side % SIDE_MULTIPLE))
+                      for side in image_size(self.control_image, what="control image")]
+            width, height = width or fitted[0], height or fitted[1]
+        prompt, tagged = split_lora_tags(self.prompt) if isinstance(self.prompt, str) else (self.prompt, ())
         filled = replace(
             self,
+            prompt=prompt,
+            loras=(*self.loras, *tagged),
             negative_prompt=d.negative_prompt if self.negative_prompt is None else self.negative_prompt,
             seed=secrets.randbelow(MAX_SEED + 1) if self.seed is None else self.seed,
             num_inference_steps=d.num_inference_steps if self.num_inference_steps is None else self.num_inference_steps,
             guidance_scale=d.guidance_scale if self.guidance_scale is None else self.guidance_scale,
-            width=d.width if self.width is None else self.width,
-            height=d.height if self.height is None else self.height,
+            width=d.width if width is None else width,
+            height=d.height if height is None else height,
             strength=DEFAULT_STRENGTH if self.strength is None and self.init_image is not None else self.strength,
+            **_fill(self, d, "controlnet_conditioning_scale", "canny_low", "canny_high", "decoder_steps",
+                    "decoder_guidance_scale"),
         )
         filled.validate()
         recipe.check(filled)
@@ -100,10 +126,7 @@ class GenerationRequest:
                 raise InvalidRequest(f"seed + n - 1 must stay within {MAX_SEED} (image i uses seed + i)")
         guidance = self.guidance_scale
         if guidance is not None:
-            if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
-                raise InvalidRequest(f"guidance_scale (guidance) must be a finite number, got {guidance!r}")
-            if not 0.0 <= guidance <= MAX_GUIDANCE:
-                raise InvalidRequest(f"guidance_scale (guidance) must be between 0 and {MAX_GUIDANCE:g}, got {guidance:g}")
+            _check_number("guidance_scale (guidance)", guidance, 0.0, MAX_GUIDANCE)
         if self.mask_image is not None and self.init_image is None:
             raise InvalidRequest("a mask needs an init image to repaint (--init-image)")
         if self.strength is not None:
@@ -115,6 +138,19 @@ class GenerationRequest:
             if self.num_inference_steps is not None and int(self.num_inference_steps * self.strength) < 1:
                 raise InvalidRequest(f"steps x strength must reach 1 denoising step, got "
                                      f"{self.num_inference_steps} x {self.strength:g}; raise --steps or --strength")
+        if len(self.loras) > MAX_LORAS:
+            raise InvalidRequest(f"at most {MAX_LORAS} LoRAs per request, got {len(self.loras)}")
+        if self.decoder_steps is not None:
+            _check_int("decoder_steps", self.decoder_steps, 1, MAX_STEPS)
+        for name, high in (("decoder_guidance_scale", MAX_GUIDANCE),
+                           ("controlnet_conditioning_scale", MAX_CONTROL_SCALE)):
+            if getattr(self, name) is not None:
+                _check_number(name, getattr(self, name), 0.0, high)
+        for name in ("canny_low", "canny_high"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 0, MAX_CANNY_THRESHOLD)
+        if self.canny_low is not None and self.canny_high is not None and self.canny_low > self.canny_high:
+            raise InvalidRequest(f"canny_low ({self.canny_low}) must not exceed canny_high ({self.canny_high})")
         if self.scheduler is not None:
             from imagegen.schedulers import get_scheduler_choice
 
@@ -134,6 +170,19 @@ def _check_int(name: str, value: object, low: int, high: int) -> None:
         raise InvalidRequest(f"{name} must be a whole number, got {value!r}")
     if not low <= value <= high:
         raise InvalidRequest(f"{name} must be between {low} and {high}, got {value}")
+
+
+def _check_number(name: str, value: object, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidRequest(f"{name} must be a finite number, got {value!r}")
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+
+
+def _fill(request: GenerationRequest, defaults: object, *names: str) -> dict[str, object]:
+    """The recipe's default for each option left None; options the recipe has no default for stay None."""
+    return {name: getattr(defaults, name) if getattr(request, name) is None else getattr(request, name)
+            for name in names}
 
 
 def _check_side(name: str, value: object) -> None:

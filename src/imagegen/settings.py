@@ -46,4 +46,10 @@ def default_output_dir() -> Path:
     return Path(os.environ.get("IMAGEGEN_OUTPUT_DIR", "outputs")).expanduser()
 
 
+def lora_dir() -> Path:
+    """IMAGEGEN_LORA_DIR, else ~/.cache/imagegen/loras: where `<lora:NAME:W>` finds NAME.safetensors
+    (sub-folders included, as A1111's models/Lora)."""
+    return Path(os.environ.get("IMAGEGEN_LORA_DIR") or Path.home() / ".cache" / "imagegen" / "loras").expanduser()
+
+
 HUB_TIMEOUT_S = 10.0  # a metadata request that takes longer means "unreachable": fail fast, never hang

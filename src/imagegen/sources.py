@@ -36,13 +36,15 @@ class ModelRef:
     modelscope_id: str | None = None
     kind: RepoKind = RepoKind.PIPELINE
     file_pattern: str | None = None  # RepoKind.FILES: the file to use, "{steps}" standing for the step count
+    subfolder: str | None = None  # where in the repo the model sits (ModelScope's majicmixRealistic_v6 keeps it in v7/)
+    half_variant: str = "fp16"  # the variant name of the repo's half-precision weights
 
     def file_for(self, steps: int) -> str | None:
         return self.file_pattern.format(steps=steps) if self.file_pattern else None
 
     @property
     def name(self) -> str:
-        return self.hf_id
+        return f"{self.hf_id}/{self.subfolder}" if self.subfolder else self.hf_id
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,14 @@ def parse_model_argument(value: str, *, allow_pickle: bool = False) -> ModelRef 
         check_weights_file(path, allow_pickle=allow_pickle)
         return LocalModel(path.resolve())
     looks_like_path = value.startswith((".", "/", "~")) or value.endswith((".safetensors", *PICKLE_SUFFIXES))
-    if looks_like_path or value.count("/") != 1:
+    parts = value.split("/")
+    if looks_like_path or len(parts) < 2 or not all(parts):
         raise ModelNotFound(
-            f"model {value!r}: no such file or folder, and it is not a hub id of the form 'org/name'"
+            f"model {value!r}: no such file or folder, and it is not a hub id of the form 'org/name[/subfolder]'"
         )
-    return ModelRef(value)
+    # The same id is tried on both hubs: many models (the seed's majicmixRealistic_v6) exist on ModelScope only.
+    repo = "/".join(parts[:2])
+    return ModelRef(repo, repo, subfolder="/".join(parts[2:]) or None)
 
 
 def check_weights_file(path: Path, *, allow_pickle: bool) -> None:
@@ -93,7 +98,6 @@ def locate(ref: ModelRef, *, filename: str | None = None, variant: str | None = 
     found = find_cached(ref, filename=filename, looked=looked)
     if found is not None:
         return found
-    wanted = _marker(ref, filename)
     if settings.hf_offline():
         looked.append("the Hugging Face hub: not asked, HF_HUB_OFFLINE is set")
     else:
@@ -101,9 +105,9 @@ def locate(ref: ModelRef, *, filename: str | None = None, variant: str | None = 
             # "*" matches "/" in hub patterns, so full precision must exclude the half-precision copies itself.
             ignore = [] if variant else ["*.fp16.*"]
             folder = fetch(ref, _patterns(ref, filename, variant, allow_pickle), looked, ignore)
-            if folder is not None and (folder / wanted).is_file():
+            if folder is not None and _holds(folder, ref, filename):
                 _fetch_missing_defaults(ref, folder, variant, allow_pickle)
-                return folder
+                return _inside(folder, ref)
     how = f"`hf download {ref.hf_id}`"
     if ref.modelscope_id:
         how += f" or `modelscope download --model {ref.modelscope_id}`"
@@ -124,16 +128,22 @@ def available_locally(model: ModelRef | LocalModel, *, steps: int) -> bool:
 def find_cached(ref: ModelRef, *, filename: str | None = None, looked: list[str] | None = None) -> Path | None:
     """The model's folder if a cache already holds it; never touches the network."""
     looked = [] if looked is None else looked
-    wanted = _marker(ref, filename)
     for folder in (_hf_cached(ref, looked), _modelscope_cached(ref, looked)):
-        if folder is not None and (folder / wanted).is_file():
-            return folder
+        if folder is not None and _holds(folder, ref, filename):
+            return _inside(folder, ref)
     return None
 
 
-def _marker(ref: ModelRef, filename: str | None) -> str:
-    """The file whose presence means the model is there."""
-    return filename or ("model_index.json" if ref.kind is RepoKind.PIPELINE else "config.json")
+def _holds(folder: Path, ref: ModelRef, filename: str | None) -> bool:
+    """Whether the repo folder has the model: its marker file, or for loose files any safetensors file."""
+    model = _inside(folder, ref)
+    if ref.kind is RepoKind.FILES and filename is None:
+        return any(model.glob("*.safetensors"))
+    return (model / (filename or ("model_index.json" if ref.kind is RepoKind.PIPELINE else "config.json"))).is_file()
+
+
+def _inside(folder: Path, ref: ModelRef) -> Path:
+    return folder / ref.subfolder if ref.subfolder else folder
 
 
 def _hf_cached(ref: ModelRef, looked: list[str]) -> Path | None:
@@ -168,22 +178,25 @@ def _patterns(ref: ModelRef, filename: str | None, variant: str | None, allow_pi
     Pipeline repos also hold single-file checkpoints at their root (7 GB for SDXL) that we never use,
     so weights are only taken from component sub-folders.
     """
+    within = f"{ref.subfolder}/" if ref.subfolder else ""
     if ref.kind is RepoKind.FILES:
-        return [filename or "*.safetensors"]
+        return [within + (filename or "*.safetensors")]
     suffixes = [".safetensors"] + ([".bin"] if allow_pickle else [])
     stem = f"*.{variant}" if variant else "*"
     prefix = "*/" if ref.kind is RepoKind.PIPELINE else ""
-    return _METADATA_PATTERNS + [f"{prefix}{stem}{suffix}" for suffix in suffixes]
+    return [within + pattern for pattern in _METADATA_PATTERNS] + [
+        f"{within}{prefix}{stem}{suffix}" for suffix in suffixes]
 
 
 def _fetch_missing_defaults(ref: ModelRef, folder: Path, variant: str | None, allow_pickle: bool) -> None:
     """A repo without fp16 files for some component falls back to that component's default files."""
     if not variant or ref.kind is RepoKind.FILES:
         return
-    components = [p for p in folder.iterdir() if p.is_dir()] if ref.kind is RepoKind.PIPELINE else [folder]
+    model = _inside(folder, ref)
+    components = [p for p in model.iterdir() if p.is_dir()] if ref.kind is RepoKind.PIPELINE else [model]
     for component in components:
         if (component / "config.json").is_file() and not any(component.glob(f"*.{variant}.*")):
-            prefix = f"{component.name}/" if component != folder else ""
+            prefix = f"{component.relative_to(folder).as_posix()}/" if component != folder else ""
             patterns = [f"{prefix}*.safetensors"] + ([f"{prefix}*.bin"] if allow_pickle else [])
             _hf_fetch(ref, patterns, [])
 

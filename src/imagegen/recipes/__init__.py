@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from imagegen.errors import InvalidRequest
-from imagegen.recipes import dit, sdxl
+from imagegen.recipes import cascade, controlnet, dit, sd15, sdxl
 from imagegen.recipes.base import Recipe
 
-RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (*dit.RECIPES, *sdxl.RECIPES)}
+RECIPES: dict[str, Recipe] = {
+    recipe.name: recipe
+    for module in (dit, sdxl, sd15, cascade, controlnet)
+    for recipe in module.RECIPES
+}
 DEFAULT_RECIPE = "digits"  # the built-in model: the default works offline on a fresh machine
 
 

@@ -26,6 +26,12 @@ class Defaults:
     width: int
     height: int
     negative_prompt: str = ""
+    # Options of the recipes that have them; None means the recipe has no such stage or input.
+    controlnet_conditioning_scale: float | None = None
+    canny_low: int | None = None
+    canny_high: int | None = None
+    decoder_steps: int | None = None
+    decoder_guidance_scale: float | None = None
 
 
 class BuildContext(Protocol):
@@ -104,19 +110,56 @@ class Recipe:
     arguments: ArgumentsFn = text_to_image_arguments  # the pipeline call, from the loaded pipeline and request
     postprocess: PostprocessFn = unchanged  # applied to each PIL image the pipeline returns
     min_side: int = 64
+    side_multiple: int = 8  # sizes must be multiples of this (Stable Cascade's latent needs 128)
     image_inputs: bool = False  # takes init images (img2img) and masks (inpainting) through diffusers' AutoPipelines
+    takes_loras: bool = False
+    scheduler_choice: bool = True  # --scheduler may replace the (first) scheduler
+    scheduler_slots: tuple[str, ...] = ("scheduler",)  # the pipeline's schedulers, one per denoising stage
     gpu_dtype: str = "float16"
+    role_gpu_dtypes: Mapping[str, str] = field(default_factory=dict)  # roles whose GPU dtype differs
+    gpu_offload: str = "none"  # what --offload auto means on a GPU
     allowed_steps: tuple[int, ...] | None = None  # distilled UNets exist for these step counts only
     cache_key: Callable[[GenerationRequest], object] = field(default=lambda request: None)
 
+    @property
+    def control(self) -> bool:
+        """A ControlNet recipe: it needs a control image."""
+        return "controlnet" in self.models
+
+    def total_steps(self, request: GenerationRequest) -> int:
+        """Denoising steps a resolved request runs: img2img skips the first (1 - strength) of the schedule
+        (as diffusers' get_timesteps), and a second stage adds its own."""
+        steps = request.num_inference_steps
+        if request.strength is not None:
+            steps = min(int(steps * request.strength), steps)
+        return steps + (request.decoder_steps or 0)
+
     def check(self, request: GenerationRequest) -> None:
-        """Recipe-specific limits, after the general ones."""
-        if request.init_image is not None and not self.image_inputs:
-            raise InvalidRequest(f"recipe {self.name} does not take an init image or mask")
+        """Recipe-specific limits, after the general ones: options the recipe has no use for are errors,
+        never silently dropped."""
+        refused = {
+            "an init image or mask (img2img, inpainting)": request.init_image is not None and not self.image_inputs,
+            "LoRAs": bool(request.loras) and not self.takes_loras,
+            "a control image": request.control_image is not None and not self.control,
+            "--controlnet or --control-is-edges": (request.controlnet is not None or request.control_is_edges)
+            and not self.control,
+            "--scheduler": request.scheduler is not None and not self.scheduler_choice,
+            "Canny thresholds": (request.canny_low, request.canny_high) != (None, None) and not self.control,
+            "a decoder stage (--decoder-steps, --decoder-guidance)": self.defaults.decoder_steps is None
+            and (request.decoder_steps, request.decoder_guidance_scale) != (None, None),
+        }
+        for what, is_refused in refused.items():
+            if is_refused:
+                raise InvalidRequest(f"recipe {self.name} does not take {what}")
+        if self.control and request.control_image is None:
+            raise InvalidRequest(f"recipe {self.name} needs a control image (--control-image PATH)")
         for name in ("width", "height"):
-            if getattr(request, name) < self.min_side:
-                raise InvalidRequest(f"{name} must be at least {self.min_side} for recipe {self.name}, "
-                                     f"got {getattr(request, name)}")
+            value = getattr(request, name)
+            if value < self.min_side:
+                raise InvalidRequest(f"{name} must be at least {self.min_side} for recipe {self.name}, got {value}")
+            if value % self.side_multiple:
+                raise InvalidRequest(f"{name} must be a multiple of {self.side_multiple} for recipe {self.name}, "
+                                     f"got {value}")
         if self.allowed_steps and request.num_inference_steps not in self.allowed_steps:
             steps = ", ".join(map(str, self.allowed_steps))
             raise InvalidRequest(

@@ -50,6 +50,7 @@ SDXL = Recipe(
     defaults=Defaults(num_inference_steps=30, guidance_scale=5.0, width=1024, height=1024),
     build=_whole_pipeline,
     image_inputs=True,
+    takes_loras=True,
 )
 
 SDXL_TURBO_RECIPE = Recipe(
@@ -60,6 +61,7 @@ SDXL_TURBO_RECIPE = Recipe(
     defaults=Defaults(num_inference_steps=1, guidance_scale=0.0, width=512, height=512),
     build=_whole_pipeline,
     image_inputs=True,
+    takes_loras=True,
 )
 
 LCM_SDXL = Recipe(
@@ -69,6 +71,7 @@ LCM_SDXL = Recipe(
     defaults=Defaults(num_inference_steps=4, guidance_scale=8.0, width=1024, height=1024),
     build=_lcm,
     image_inputs=True,
+    takes_loras=True,
 )
 
 SDXL_LIGHTNING_RECIPE = Recipe(
@@ -79,6 +82,7 @@ SDXL_LIGHTNING_RECIPE = Recipe(
     defaults=Defaults(num_inference_steps=4, guidance_scale=0.0, width=1024, height=1024),
     build=_lightning,
     image_inputs=True,
+    takes_loras=True,
     allowed_steps=LIGHTNING_STEPS,
     cache_key=lambda request: request.num_inference_steps,
 )
