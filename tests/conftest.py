@@ -6,10 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tiny_animatediff import build_animatediff
 from tiny_cascade import build_cascade
 from tiny_controlnet import build_controlnets
 from tiny_models import build_hf_cache
 from tiny_sd15 import build_sd15
+from tiny_svd import build_svd
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +26,7 @@ def hf_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
     cache = tmp_path_factory.mktemp("hf_cache")
     build_hf_cache(cache)
-    for build in (build_sd15, build_cascade, build_controlnets):
+    for build in (build_sd15, build_cascade, build_controlnets, build_svd, build_animatediff):
         build(cache)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_CACHE", str(cache))

@@ -92,10 +92,11 @@ def test_recipes_says_no_for_models_not_on_disk(tmp_path) -> None:
         (["--recipe", "sdxl-lightning", "--steps", "3"], "has models for 1, 2, 4, 8 steps only"),
         (["--model", "./missing-folder"], "no such file or folder"),
         (["-o", "x.png", "--format", "jpeg"], "--format jpeg contradicts the output file name x.png"),
-        (["-o", "x.gif"], "cannot write .gif images"),
+        (["-o", "x.bmp"], "cannot write .bmp files"),
+        (["-o", "x.gif"], "recipe sdxl-turbo writes images: choose one of png, jpeg, webp, not gif"),
         (["--lora", "no-such-lora"], "LoRA 'no-such-lora' not found"),
         (["--lora", "style:nan"], "weight must be a number between -10 and 10"),
-        (["--decoder-steps", "4"], "recipe sdxl-turbo does not take a decoder stage"),
+        (["--decoder-steps", "4"], "recipe sdxl-turbo does not take decoder_steps"),
         (["--control-image", "x.png"], "recipe sdxl-turbo does not take a control image"),
     ],
 )

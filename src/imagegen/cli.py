@@ -11,9 +11,10 @@ from pathlib import Path
 
 from imagegen import __version__
 from imagegen.errors import ImagegenError, InvalidRequest
-from imagegen.request import MAX_IMAGES, OUTPUT_FORMATS, GenerationRequest
+from imagegen.request import MAX_IMAGES, OUTPUT_FORMATS, VIDEO_FORMATS, GenerationRequest
 
-IMAGE_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+# Output suffixes and the formats they mean (.webp is a still image or an animation, by the recipe).
+OUTPUT_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".mp4": "mp4", ".gif": "gif"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,8 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Stable Cascade: the decoder's steps (10); --steps/--guidance are the prior's")
     gen.add_argument("--decoder-guidance", dest="decoder_guidance_scale", type=float, metavar="CFG",
                      help="Stable Cascade: the decoder's guidance (0)")
-    gen.add_argument("--format", dest="output_format", choices=OUTPUT_FORMATS,
-                     help="image format (default: from -o's suffix, else png)")
+    gen.add_argument("--format", dest="output_format", choices=list(dict.fromkeys(OUTPUT_FORMATS + VIDEO_FORMATS)),
+                     help="image or video format (default: from -o's suffix, else png for images, mp4 for videos; "
+                          "frames: a folder of PNGs)")
+    gen.add_argument("--frames", dest="num_frames", type=int, metavar="N", help="video recipes: number of frames")
+    gen.add_argument("--fps", type=int, help="video recipes: frames per second (SVD is also conditioned on it)")
+    gen.add_argument("--decode-chunk-size", dest="decode_chunk_size", type=int, metavar="N",
+                     help="video recipes: frames the VAE decodes at once (less memory; SVD's frames change slightly)")
+    gen.add_argument("--motion-bucket", dest="motion_bucket_id", type=int, metavar="ID",
+                     help="svd: amount of motion, 0-255 (127)")
+    gen.add_argument("--noise-aug", dest="noise_aug_strength", type=float, metavar="S",
+                     help="svd: noise added to the input image, more gives more motion (0.02)")
     gen.add_argument("-o", "--output", type=Path, help="output file, or folder (default ./outputs)")
     gen.add_argument("--from", dest="from_image", type=Path,
                      help="start from the parameters stored in this image; other options override them")
@@ -115,24 +125,26 @@ def _request_from_args(args: argparse.Namespace) -> GenerationRequest:
     from imagegen.recipes import DEFAULT_RECIPE
 
     if args.from_image is not None:
-        from imagegen.metadata import read_infotext
         from imagegen.parameters import request_from_infotext
 
-        text = read_infotext(args.from_image)
+        text = read_parameters(args.from_image)
         if text is None:
             raise InvalidRequest(f"{args.from_image} carries no generation parameters")
         base = request_from_infotext(text)
-    elif args.prompt is None:
-        raise InvalidRequest("a prompt is needed (or --from IMAGE)")
     else:
-        base = GenerationRequest(prompt=args.prompt, recipe=args.recipe or DEFAULT_RECIPE)
+        from imagegen.recipes import get_recipe
+
+        recipe = get_recipe(args.recipe or DEFAULT_RECIPE)
+        if args.prompt is None and recipe.takes_prompt:
+            raise InvalidRequest("a prompt is needed (or --from IMAGE)")
+        base = GenerationRequest(prompt=args.prompt or "", recipe=recipe.name)
     given = {f.name: getattr(args, f.name) for f in fields(GenerationRequest)
              if getattr(args, f.name, None) is not None}
     if args.loras:
         from imagegen.lora_tags import LoraSpec
 
         given["loras"] = (*base.loras, *(LoraSpec.parse(text) for text in args.loras))
-    suffix_format = IMAGE_SUFFIXES.get(args.output.suffix.lower()) if args.output is not None else None
+    suffix_format = OUTPUT_SUFFIXES.get(args.output.suffix.lower()) if args.output is not None else None
     if suffix_format and args.output_format not in (None, suffix_format):
         raise InvalidRequest(f"--format {args.output_format} contradicts the output file name {args.output}")
     if suffix_format:
@@ -144,15 +156,22 @@ def _generate(args: argparse.Namespace) -> int:
     from imagegen import settings
     from imagegen.engine import Engine, EngineOptions
 
+    from imagegen.recipes import get_recipe
+
     request = _request_from_args(args)
     request.validate()  # fail on bad input before loading anything
+    recipe = get_recipe(request.recipe)
+    if args.grid and recipe.video:
+        raise InvalidRequest("--grid tiles images; a video recipe writes videos")
+    if args.save_control and not recipe.control:
+        raise InvalidRequest(f"--save-control: recipe {recipe.name} has no control image")
     target = args.output or settings.default_output_dir()
     check_output_target(target)
     engine = Engine(EngineOptions(device=args.device, dtype=args.dtype, offload=args.offload,
                                   vae_tiling=args.vae_tiling, vae_slicing=args.vae_slicing,
                                   allow_pickle=args.allow_pickle))
     with _ProgressBar(enabled=not args.quiet) as bar:
-        images = engine.generate(request, on_step=bar.update)
+        images = engine.generate(request, on_step=bar.update)  # or videos
     paths = output_paths(target, len(images),
                          images[0].request.output_format, [image.seed for image in images])
     for image, path in zip(images, paths):
@@ -187,18 +206,20 @@ def _train_digits(args: argparse.Namespace) -> int:
 
 def check_output_target(target: Path) -> None:
     """Refuse an output we could not honour, before any model is loaded."""
-    if target.suffix.lower() in IMAGE_SUFFIXES:
+    if target.suffix.lower() in OUTPUT_SUFFIXES:
         return
     if target.suffix and not target.exists():
-        raise InvalidRequest(f"cannot write {target.suffix} images; name a .png, .jpg or .webp file, or a folder")
+        raise InvalidRequest(f"cannot write {target.suffix} files; name a .png, .jpg, .webp, .mp4 or .gif file, "
+                             "or a folder")
     if target.exists() and not target.is_dir():
         raise InvalidRequest(f"{target} exists and is not a folder")
 
 
-def output_paths(target: Path, count: int, image_format: str, seeds: list[int]) -> list[Path]:
-    """Where each image goes: a file path as given (numbered when several), or new numbered files in a folder."""
-    suffix = ".jpg" if image_format == "jpeg" else f".{image_format}"
-    if target.suffix.lower() in IMAGE_SUFFIXES:
+def output_paths(target: Path, count: int, output_format: str, seeds: list[int]) -> list[Path]:
+    """Where each result goes: a file path as given (numbered when several), or new numbered files in a folder
+    (a video's frames format: new numbered folders)."""
+    suffix = {"jpeg": ".jpg", "frames": ""}.get(output_format, f".{output_format}")
+    if target.suffix.lower() in OUTPUT_SUFFIXES:
         if count == 1:
             return [target]
         return [target.with_name(f"{target.stem}-{i}{target.suffix}") for i in range(count)]
@@ -224,10 +245,19 @@ def _recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _info(args: argparse.Namespace) -> int:
+def read_parameters(path: Path) -> str | None:
+    """The infotext of an image, a video file or a folder of video frames."""
+    if path.is_dir() or path.suffix.lower() in (".mp4", ".gif"):
+        from imagegen.video_files import read_video_infotext
+
+        return read_video_infotext(path)
     from imagegen.metadata import read_infotext
 
-    text = read_infotext(args.image)
+    return read_infotext(path)
+
+
+def _info(args: argparse.Namespace) -> int:
+    text = read_parameters(args.image)
     if text is None:
         print(f"imagegen: {args.image} carries no generation parameters", file=sys.stderr)
         return 1

@@ -85,28 +85,31 @@ class ComponentStore:
                 self._live[key] = found
         return found
 
-    def unet_from_file(self, weights: Path, config_folder: Path, precision: Precision) -> Any:
-        """A UNet whose architecture is the base's config and whose weights are one loose file (SDXL-Lightning)."""
-        key = (str(weights), "unet-file", str(config_folder), precision)
+    def model_from_file(self, weights: Path, config_folder: Path, precision: Precision, *,
+                        class_name: str = "UNet2DConditionModel", subfolder: str | None = "unet") -> Any:
+        """A model whose architecture is a folder's config and whose weights are one loose state-dict file
+        (SDXL-Lightning's UNets, AnimateDiff-Lightning's motion adapters)."""
+        key = (str(weights), class_name, str(config_folder), subfolder, precision)
         found = self._live.get(key)
         if found is None:
+            import diffusers
             import torch
-            from diffusers import UNet2DConditionModel
             from safetensors import safe_open
 
             check_weights_file(weights, allow_pickle=False)
+            cls = getattr(diffusers, class_name)
             with torch.device("meta"):
-                unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config_folder, subfolder="unet"))
+                model = cls.from_config(cls.load_config(config_folder, subfolder=subfolder))
             # Built on the meta device and filled by assignment: a full-size random init would cost seconds.
             # Converted tensor by tensor, so the file's fp16 copy never sits in memory beside the result.
             with safe_open(weights, framework="pt") as file:
                 state = {key: file.get_tensor(key).to(precision.torch_dtype()) for key in file.keys()}
             try:
-                unet.load_state_dict(state, assign=True)
+                model.load_state_dict(state, assign=True)
             except RuntimeError as error:  # missing, unexpected or mis-shaped weights
-                raise ModelNotFound(f"{weights} does not hold weights for the UNet of {config_folder}: "
+                raise ModelNotFound(f"{weights} does not hold weights for the {class_name} of {config_folder}: "
                                     f"{str(error).splitlines()[0][:200]}") from None
-            found = unet.eval()
+            found = model.eval()
             self.loads += 1
             self._live[key] = found
         return found

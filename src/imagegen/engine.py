@@ -8,6 +8,7 @@ does), so a seed means the same image on every device up to kernel precision.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import threading
 from collections import OrderedDict
@@ -23,7 +24,7 @@ from imagegen.loras import LoraLibrary
 from imagegen.loras import applied as applied_loras
 from imagegen.recipes import get_recipe
 from imagegen.recipes.base import Recipe
-from imagegen.request import GeneratedImage, GenerationRequest
+from imagegen.request import GeneratedImage, GeneratedVideo, GenerationRequest
 from imagegen.schedulers import describe, make_scheduler
 from imagegen.sources import LocalModel, ModelRef, locate, parse_model_argument
 
@@ -62,8 +63,11 @@ class Engine:
         self._lock = threading.Lock()
 
     def generate(self, request: GenerationRequest, *, on_step: ProgressFn | None = None,
-                 cancel: threading.Event | None = None) -> list[GeneratedImage]:
-        """Run one request; `on_step(i, n)` after each denoising step; `cancel` set stops before the next."""
+                 cancel: threading.Event | None = None) -> list[GeneratedImage] | list[GeneratedVideo]:
+        """Run one request; `on_step(i, n)` after each denoising step; `cancel` set stops before the next.
+
+        Image recipes give one GeneratedImage per image, video recipes one GeneratedVideo per video.
+        """
         import torch
 
         from imagegen.parameters import infotext_for
@@ -84,20 +88,28 @@ class Engine:
                 progress.observe(scheduler)
                 _set_attribute(pipe, slot, scheduler)
             seeds = resolved.image_seeds()
+            # A pipeline whose batch members interact (SVD's temporal decoder mixes frames across videos) runs
+            # one seed per call, so that result i is exactly what seed s + i gives alone.
+            batches = [[seed] for seed in seeds] if recipe.one_seed_per_call else [seeds]
             try:
                 with applied_loras(pipe, loras):
-                    images = pipe(
-                        **recipe.arguments(pipe, resolved),
-                        generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-                        output_type="pil",
-                    ).images
+                    outputs = [pipe(**recipe.arguments(pipe, replace(resolved, num_images=len(batch))),
+                                    generator=[torch.Generator("cpu").manual_seed(seed) for seed in batch],
+                                    output_type="pil")
+                               for batch in batches]
             finally:
                 for slot, scheduler in recipe_schedulers.items():  # the cached pipeline never keeps a request's
                     _set_attribute(pipe, slot, scheduler)
         sampler = describe(schedulers[main_slot])
         hashes = [(lora.spec, lora.short_hash) for lora in loras]
-        return [GeneratedImage(recipe.postprocess(image, resolved), seed, infotext_for(resolved, seed, sampler, hashes),
-                               resolved) for image, seed in zip(images, seeds)]
+        infotexts = [infotext_for(resolved, seed, sampler, hashes) for seed in seeds]
+        if recipe.video:
+            videos = [frames for output in outputs for frames in output.frames]
+            return [GeneratedVideo(list(frames), seed, infotext, resolved)
+                    for frames, seed, infotext in zip(videos, seeds, infotexts)]
+        images = [image for output in outputs for image in output.images]
+        return [GeneratedImage(recipe.postprocess(image, resolved), seed, infotext, resolved)
+                for image, seed, infotext in zip(images, seeds, infotexts)]
 
     def precision(self, recipe: Recipe, role: str = "base") -> Precision:
         """Where and in which dtype the recipe's `role` model runs; on a GPU, offloaded as the recipe asks."""
@@ -116,11 +128,12 @@ class Engine:
         pipeline, made with from_pipe: they reference the same loaded modules, no second copy.
         """
         precision = self.precision(recipe)
-        key = (recipe.name, request.model, recipe.cache_key(request), precision, request.task)
+        task = request.task if recipe.image_inputs else "txt2img"  # image-conditioned pipelines take it as is
+        key = (recipe.name, request.model, recipe.cache_key(request), precision, task)
         if key in self._pipelines:
             self._pipelines.move_to_end(key)
             return self._pipelines[key]
-        if request.task == "txt2img":
+        if task == "txt2img":
             pipe = recipe.build(_Context(self.store, recipe, request, functools.partial(self.precision, recipe)))
             self._place(pipe, precision.offload)
         else:
@@ -128,7 +141,7 @@ class Engine:
                 recipe, replace(request, init_image=None, mask_image=None, strength=None))
             import diffusers
 
-            pipe = getattr(diffusers, _TASK_PIPELINES[request.task]).from_pipe(text_pipe, **text_schedulers)
+            pipe = getattr(diffusers, _TASK_PIPELINES[task]).from_pipe(text_pipe, **text_schedulers)
         pipe.set_progress_bar_config(disable=True)
         entry = (pipe, {slot: _get_attribute(pipe, slot) for slot in recipe.scheduler_slots})
         self._pipelines[key] = entry
@@ -217,24 +230,29 @@ class _Context:
     def folder(self, role: str, filename: str | None = None) -> Path:
         return self.store.folder(self.model(role), self._precision(role), filename=filename)
 
-    def pipeline(self, role: str = "base", *, pipeline_class: type | None = None, **replace: Any) -> Any:
+    def pipeline(self, role: str = "base", *, pipeline_class: type | None = None, without: tuple[str, ...] = (),
+                 **replace: Any) -> Any:
         model = self.model(role)
         if isinstance(model, LocalModel) and model.is_single_file:
             return self._single_file_pipeline(model, role, replace)
         folder = self.folder(role)
         cls = pipeline_class or _pipeline_class(folder)
-        _check_fits(cls, folder, self.recipe.name)
-        parts = self.store.pipeline_components(folder, self._precision(role), skip=set(replace))
-        return cls(**parts, **replace)
+        _check_fits(cls, folder, self.recipe.name, without)
+        parts = self.store.pipeline_components(folder, self._precision(role), skip={*replace, *without})
+        accepted = inspect.signature(cls.__init__).parameters
+        # Flags of the folder's own pipeline (requires_safety_checker) mean nothing to another pipeline class.
+        return cls(**{name: part for name, part in parts.items() if name in accepted}, **replace)
 
     def component(self, role: str, class_name: str, *, subfolder: str | None = None,
                   library: str = "diffusers") -> Any:
         return self.store.component(self.folder(role), subfolder, library, class_name, self._precision(role))
 
-    def unet_from_file(self, role: str, *, config_role: str = "base") -> Any:
+    def model_from_file(self, role: str, *, config_role: str = "base", class_name: str = "UNet2DConditionModel",
+                        subfolder: str | None = "unet") -> Any:
         filename = self.recipe.models[role].file_for(self.request.num_inference_steps)
         weights = self.folder(role, filename) / filename
-        return self.store.unet_from_file(weights, self.folder(config_role), self._precision(role))
+        return self.store.model_from_file(weights, self.folder(config_role), self._precision(role),
+                                          class_name=class_name, subfolder=subfolder)
 
     def _single_file_pipeline(self, model: LocalModel, role: str, replace: dict[str, Any]) -> Any:
         """A civitai-style checkpoint: its weights, with the architecture configs of the recipe's own model."""
@@ -265,14 +283,14 @@ class _Context:
         return pipe
 
 
-def _check_fits(cls: type, folder: Path, recipe: str) -> None:
+def _check_fits(cls: type, folder: Path, recipe: str, without: tuple[str, ...]) -> None:
     """Refuse, before loading any weights, a model folder whose components the recipe's pipeline cannot take."""
-    import inspect
     import json
 
     index = json.loads((folder / "model_index.json").read_text())
     accepted = inspect.signature(cls.__init__).parameters
-    foreign = [name for name, value in index.items() if isinstance(value, list) and value[0] and name not in accepted]
+    foreign = [name for name, value in index.items()
+               if isinstance(value, list) and value[0] and name not in accepted and name not in without]
     if foreign:
         raise InvalidRequest(f"{folder} holds a {index.get('_class_name', 'pipeline')} (with {', '.join(foreign)}), "
                              f"which recipe {recipe} cannot use: choose the recipe that matches the model (--recipe)")

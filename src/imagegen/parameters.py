@@ -15,6 +15,16 @@ from imagegen.request import GenerationRequest
 from imagegen.schedulers import SchedulerChoice, from_a1111
 
 
+# The options of recipes with more stages or frames: request field, infotext key, type.
+_STAGE_KEYS: tuple[tuple[str, str, type], ...] = (
+    ("decoder_steps", "Decoder steps", int),
+    ("decoder_guidance_scale", "Decoder CFG scale", float),
+    ("num_frames", "Frames", int),
+    ("fps", "FPS", int),
+    ("decode_chunk_size", "Decode chunk", int),  # SVD's temporal decoder mixes the frames decoded together
+    ("motion_bucket_id", "Motion bucket", int),
+    ("noise_aug_strength", "Noise augmentation", float),
+)
 FOREIGN_RECIPE = "sdxl"  # A1111/ComfyUI infotext names no recipe; a text prompt means a text-to-image model
 
 
@@ -36,8 +46,7 @@ def infotext_for(request: GenerationRequest, seed: int, sampler: SchedulerChoice
             "Schedule type": sampler.a1111_schedule,
             "CFG scale": request.guidance_scale,
             "Denoising strength": request.strength,
-            "Decoder steps": request.decoder_steps,
-            "Decoder CFG scale": request.decoder_guidance_scale,
+            **{key: getattr(request, name) for name, key, _ in _STAGE_KEYS},
             "Seed": seed,
             "Size": f"{request.width}x{request.height}",
             "Model": request.model or recipe.models["base"].name,
@@ -89,16 +98,14 @@ def request_from_infotext(text: str) -> GenerationRequest:
         request,
         model=None if model in (None, recipe.models["base"].name) else model,
         scheduler=scheduler,
-        **_decoder_options(params),
+        **_stage_options(params),
         **(_controlnet_options(params["ControlNet 0"], recipe) if "ControlNet 0" in params and recipe.control else {}),
     )
 
 
-def _decoder_options(params: dict[str, str]) -> dict[str, object]:
+def _stage_options(params: dict[str, str]) -> dict[str, object]:
     try:
-        return {name: kind(params[key]) for name, key, kind in (("decoder_steps", "Decoder steps", int),
-                                                                ("decoder_guidance_scale", "Decoder CFG scale", float))
-                if key in params}
+        return {name: kind(params[key]) for name, key, kind in _STAGE_KEYS if key in params}
     except ValueError as error:
         raise InvalidRequest(f"the image's parameters cannot be read: {error}") from None
 

@@ -25,6 +25,10 @@ MAX_GUIDANCE = 50.0
 MAX_PROMPT_CHARS = 10_000
 MAX_SEED = 2**32 - 1  # A1111's range; seed + i for image i stays far below torch's 2**64 limit
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
+VIDEO_FORMATS = ("mp4", "gif", "webp", "frames")  # "frames": a folder of PNGs
+MAX_FRAMES = 64
+MAX_FPS = 60
+MAX_VIDEO_PIXELS = 1024 * 576 * 64  # width x height x frames: SVD-XT's size at 64 frames
 DEFAULT_STRENGTH = 0.75  # A1111's default denoising strength for img2img
 MAX_CONTROL_SCALE = 5.0
 MAX_CANNY_THRESHOLD = 1000  # cv2.Canny compares gradient magnitudes, which reach about 1443 for 8-bit images
@@ -49,7 +53,7 @@ class GenerationRequest:
     num_images: int = 1
     scheduler: str | None = None
     model: str | None = None
-    output_format: str = "png"
+    output_format: str | None = None  # png for images, mp4 for videos
     init_image: str | None = None  # path: img2img starts from this image, noised to `strength`
     mask_image: str | None = None  # path: inpainting repaints where the mask is white
     strength: float | None = None
@@ -62,6 +66,11 @@ class GenerationRequest:
     canny_high: int | None = None
     decoder_steps: int | None = None  # two-stage recipes (Stable Cascade): the second stage's steps and CFG
     decoder_guidance_scale: float | None = None
+    num_frames: int | None = None  # video recipes
+    fps: int | None = None  # frames per second of the video (SVD is also conditioned on it)
+    decode_chunk_size: int | None = None  # frames the VAE decodes at once: less memory (SVD: frames change slightly)
+    motion_bucket_id: int | None = None  # SVD: how much motion, 0-255
+    noise_aug_strength: float | None = None  # SVD: noise added to the input image; more gives more motion
 
     @property
     def task(self) -> str:
@@ -97,9 +106,12 @@ class GenerationRequest:
             guidance_scale=d.guidance_scale if self.guidance_scale is None else self.guidance_scale,
             width=d.width if width is None else width,
             height=d.height if height is None else height,
-            strength=DEFAULT_STRENGTH if self.strength is None and self.init_image is not None else self.strength,
+            strength=DEFAULT_STRENGTH if self.strength is None and self.init_image is not None and recipe.image_inputs
+            else self.strength,
+            output_format=self.output_format or ("mp4" if recipe.video else "png"),
             **_fill(self, d, "controlnet_conditioning_scale", "canny_low", "canny_high", "decoder_steps",
-                    "decoder_guidance_scale"),
+                    "decoder_guidance_scale", "num_frames", "fps", "decode_chunk_size", "motion_bucket_id",
+                    "noise_aug_strength"),
         )
         filled.validate()
         recipe.check(filled)
@@ -155,8 +167,22 @@ class GenerationRequest:
             from imagegen.schedulers import get_scheduler_choice
 
             get_scheduler_choice(self.scheduler)
-        if self.output_format not in OUTPUT_FORMATS:
-            raise InvalidRequest(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}")
+        if self.output_format is not None and self.output_format not in OUTPUT_FORMATS + VIDEO_FORMATS:
+            formats = ", ".join(dict.fromkeys(OUTPUT_FORMATS + VIDEO_FORMATS))
+            raise InvalidRequest(f"output format must be one of {formats}, got {self.output_format!r}")
+        self._validate_video()
+
+    def _validate_video(self) -> None:
+        for name, low, high in (("num_frames", 1, MAX_FRAMES), ("fps", 1, MAX_FPS), ("motion_bucket_id", 0, 255),
+                                ("decode_chunk_size", 1, MAX_FRAMES)):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), low, high)
+        if self.noise_aug_strength is not None:
+            _check_number("noise_aug_strength", self.noise_aug_strength, 0.0, 1.0)
+        if self.num_frames is not None and self.width is not None and self.height is not None \
+                and self.width * self.height * self.num_frames > MAX_VIDEO_PIXELS:
+            raise InvalidRequest(f"{self.num_frames} frames of {self.width}x{self.height} are more than the "
+                                 f"{MAX_VIDEO_PIXELS:,} pixels a video may have; use fewer frames or a smaller size")
 
     def image_seeds(self) -> list[int]:
         """The seed of each image: image i of a request with seed s uses s + i (the reproducibility contract)."""
@@ -209,3 +235,20 @@ class GeneratedImage:
             return save_image(self.image, Path(path), self.infotext, image_format=self.request.output_format)
         except OSError as error:
             raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+@dataclass
+class GeneratedVideo:
+    """One generated video: its frames, with everything needed to reproduce it."""
+
+    frames: list[Image.Image]
+    seed: int
+    infotext: str
+    request: GenerationRequest = field(repr=False)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the video (MP4, GIF, WebP or a folder of PNG frames, by the request's format) with its parameters."""
+        from imagegen.video_files import save_video
+
+        return save_video(self.frames, Path(path), fps=self.request.fps, infotext=self.infotext,
+                          video_format=self.request.output_format)

@@ -30,11 +30,11 @@ from PIL import Image, ImageSequence
 
 from imagegen.errors import InvalidImage, InvalidRequest, OutputError
 from imagegen.metadata import exif_with_user_comment, read_infotext, save_image, write_aside
+from imagegen.request import VIDEO_FORMATS
 
 if TYPE_CHECKING:
     import numpy
 
-VIDEO_FORMATS: tuple[str, ...] = ("mp4", "gif", "webp", "frames")
 VIDEO_SUFFIXES = {".mp4": "mp4", ".gif": "gif", ".webp": "webp"}
 
 FRAMES_SIDECAR = "frames.json"

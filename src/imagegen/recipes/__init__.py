@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from imagegen.errors import InvalidRequest
-from imagegen.recipes import cascade, controlnet, dit, sd15, sdxl
+from imagegen.recipes import cascade, controlnet, dit, sd15, sdxl, video
 from imagegen.recipes.base import Recipe
 
 RECIPES: dict[str, Recipe] = {
     recipe.name: recipe
-    for module in (dit, sdxl, sd15, cascade, controlnet)
+    for module in (dit, sdxl, sd15, cascade, controlnet, video)
     for recipe in module.RECIPES
 }
 DEFAULT_RECIPE = "digits"  # the built-in model: the default works offline on a fresh machine

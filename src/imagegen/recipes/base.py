@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from imagegen.errors import InvalidRequest
-from imagegen.request import GenerationRequest
+from imagegen.request import OUTPUT_FORMATS, VIDEO_FORMATS, GenerationRequest
 from imagegen.sources import LocalModel, ModelRef
 
 
@@ -32,6 +32,11 @@ class Defaults:
     canny_high: int | None = None
     decoder_steps: int | None = None
     decoder_guidance_scale: float | None = None
+    num_frames: int | None = None
+    fps: int | None = None
+    decode_chunk_size: int | None = None
+    motion_bucket_id: int | None = None
+    noise_aug_strength: float | None = None
 
 
 class BuildContext(Protocol):
@@ -45,23 +50,32 @@ class BuildContext(Protocol):
     def folder(self, role: str) -> Path:
         """The local folder of the model for `role`, fetched if needed."""
 
-    def pipeline(self, role: str = "base", *, pipeline_class: type | None = None, **replace: Any) -> Any:
+    def pipeline(self, role: str = "base", *, pipeline_class: type | None = None, without: tuple[str, ...] = (),
+                 **replace: Any) -> Any:
         """The pipeline in the `role` model's folder, with the given components replacing its own.
 
-        `pipeline_class` overrides the class named in the folder's model_index.json (our own pipelines).
+        `pipeline_class` overrides the class named in the folder's model_index.json (our own pipelines, or
+        another diffusers pipeline on the same components); `without` names folder components it leaves out.
         """
 
     def component(self, role: str, class_name: str, *, subfolder: str | None = None,
                   library: str = "diffusers") -> Any:
         """One component stored in the `role` model's folder (at its root when `subfolder` is None)."""
 
-    def unet_from_file(self, role: str, *, config_role: str = "base") -> Any:
-        """A UNet with `config_role`'s architecture and weights from the `role` repo's file for this step count."""
+    def model_from_file(self, role: str, *, config_role: str = "base", class_name: str = "UNet2DConditionModel",
+                        subfolder: str | None = "unet") -> Any:
+        """A `class_name` model with `config_role`'s architecture (its config in `subfolder`) and weights from the
+        `role` repo's file for this step count."""
 
 
 BuildFn = Callable[[BuildContext], Any]
 ArgumentsFn = Callable[[Any, GenerationRequest], dict[str, Any]]
 PostprocessFn = Callable[[Any, GenerationRequest], Any]
+
+
+# Options only some recipes have: a recipe takes one when its Defaults give it a value.
+_STAGE_OPTIONS = ("controlnet_conditioning_scale", "canny_low", "canny_high", "decoder_steps", "decoder_guidance_scale",
+                  "num_frames", "fps", "decode_chunk_size", "motion_bucket_id", "noise_aug_strength")
 
 
 def text_to_image_arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
@@ -112,6 +126,11 @@ class Recipe:
     min_side: int = 64
     side_multiple: int = 8  # sizes must be multiples of this (Stable Cascade's latent needs 128)
     image_inputs: bool = False  # takes init images (img2img) and masks (inpainting) through diffusers' AutoPipelines
+    image_conditioned: bool = False  # needs an init image, which its pipeline takes as is (SVD animates it)
+    video: bool = False  # the pipeline returns frames; results are GeneratedVideo
+    max_frames: int | None = None  # below the general limit where the model's temporal layers stop
+    takes_prompt: bool = True  # SVD is conditioned on its input image only
+    one_seed_per_call: bool = False  # batch members would influence each other (SVD)
     takes_loras: bool = False
     scheduler_choice: bool = True  # --scheduler may replace the (first) scheduler
     scheduler_slots: tuple[str, ...] = ("scheduler",)  # the pipeline's schedulers, one per denoising stage
@@ -137,20 +156,32 @@ class Recipe:
     def check(self, request: GenerationRequest) -> None:
         """Recipe-specific limits, after the general ones: options the recipe has no use for are errors,
         never silently dropped."""
+        takes_image = self.image_inputs or self.image_conditioned
         refused = {
-            "an init image or mask (img2img, inpainting)": request.init_image is not None and not self.image_inputs,
+            "an init image": request.init_image is not None and not takes_image,
+            "a mask (inpainting)": request.mask_image is not None and not self.image_inputs,
+            "a strength": request.strength is not None and not self.image_inputs,
             "LoRAs": bool(request.loras) and not self.takes_loras,
             "a control image": request.control_image is not None and not self.control,
             "--controlnet or --control-is-edges": (request.controlnet is not None or request.control_is_edges)
             and not self.control,
             "--scheduler": request.scheduler is not None and not self.scheduler_choice,
-            "Canny thresholds": (request.canny_low, request.canny_high) != (None, None) and not self.control,
-            "a decoder stage (--decoder-steps, --decoder-guidance)": self.defaults.decoder_steps is None
-            and (request.decoder_steps, request.decoder_guidance_scale) != (None, None),
+            **{name: getattr(request, name) is not None and getattr(self.defaults, name) is None
+               for name in _STAGE_OPTIONS},
         }
         for what, is_refused in refused.items():
             if is_refused:
                 raise InvalidRequest(f"recipe {self.name} does not take {what}")
+        formats = VIDEO_FORMATS if self.video else OUTPUT_FORMATS
+        if request.output_format not in formats:
+            raise InvalidRequest(f"recipe {self.name} writes {'videos' if self.video else 'images'}: "
+                                 f"choose one of {', '.join(formats)}, not {request.output_format}")
+        if request.prompt and not self.takes_prompt:
+            raise InvalidRequest(f"recipe {self.name} takes no prompt: it is conditioned on the input image only")
+        if self.max_frames and request.num_frames > self.max_frames:
+            raise InvalidRequest(f"recipe {self.name} makes at most {self.max_frames} frames, got {request.num_frames}")
+        if self.image_conditioned and request.init_image is None:
+            raise InvalidRequest(f"recipe {self.name} needs an input image (--init-image PATH)")
         if self.control and request.control_image is None:
             raise InvalidRequest(f"recipe {self.name} needs a control image (--control-image PATH)")
         for name in ("width", "height"):

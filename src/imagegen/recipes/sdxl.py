@@ -34,7 +34,7 @@ def _lightning(ctx: BuildContext) -> Any:
     from diffusers import EulerDiscreteScheduler
 
     steps = ctx.request.num_inference_steps
-    unet = ctx.unet_from_file("unet")
+    unet = ctx.model_from_file("unet")
     pipe = ctx.pipeline(unet=unet)
     # The model card: "trailing" timesteps always; the 1-step UNet is trained to predict x0 ("sample").
     extra = {"prediction_type": "sample"} if steps == 1 else {}
