@@ -32,8 +32,11 @@ def test_tags_leave_the_prompt_and_keep_their_order() -> None:
     assert split_lora_tags("no tags  here") == ("no tags  here", ())
 
 
-def test_a_tag_round_trips() -> None:
-    spec = LoraSpec("ink", 0.25)
+@pytest.mark.parametrize(("weight", "tag"), [(0.25, "<lora:ink:0.25>"), (1.0, "<lora:ink:1>"),
+                                             (0.1234567, "<lora:ink:0.1234567>")])
+def test_a_tag_round_trips_exactly(weight, tag) -> None:
+    spec = LoraSpec("ink", weight)
+    assert spec.tag() == tag
     assert split_lora_tags(spec.tag())[1] == (spec,)
 
 

@@ -93,7 +93,8 @@ def test_a_folder_with_pickle_weights_needs_allow_pickle(hf_cache, tmp_path) -> 
     assert len(Engine(EngineOptions(device="cpu", allow_pickle=True)).generate(request)) == 1
 
 
-@pytest.mark.parametrize("value", ["./nowhere", "/no/such/model.safetensors", "not-a-hub-id", "a//b", "a/"])
+@pytest.mark.parametrize("value", ["./nowhere", "/no/such/model.safetensors", "not-a-hub-id", "a//b", "a/",
+                                   "org/repo/../../../etc"])
 def test_model_arguments_that_are_neither_paths_nor_hub_ids(value) -> None:
     with pytest.raises(ModelNotFound, match="no such file or folder"):
         parse_model_argument(value)

@@ -180,8 +180,10 @@ def _generate(args: argparse.Namespace) -> int:
         from imagegen.control import control_image
 
         resolved = images[0].request
-        control = replace(images[0], image=control_image(resolved).resize((resolved.width, resolved.height)))
-        print(control.save(paths[0].with_name(f"{paths[0].stem}-control{paths[0].suffix}")))
+        edges = paths[0].with_name(f"{paths[0].stem}-control{paths[0].suffix}")
+        # Without the generation's parameters: `info` or `--from` on it must not take it for the result.
+        control_image(resolved).resize((resolved.width, resolved.height)).save(edges)
+        print(edges)
     if args.grid:
         from imagegen.grid import make_grid
 

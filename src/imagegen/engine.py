@@ -83,14 +83,14 @@ class Engine:
             main_slot = recipe.scheduler_slots[0]
             if resolved.scheduler:
                 schedulers[main_slot] = make_scheduler(resolved.scheduler, recipe_schedulers[main_slot].config)
-            progress = _Progress(recipe.total_steps(resolved), on_step, cancel)
-            for slot, scheduler in schedulers.items():
-                progress.observe(scheduler)
-                _set_attribute(pipe, slot, scheduler)
             seeds = resolved.image_seeds()
             # A pipeline whose batch members interact (SVD's temporal decoder mixes frames across videos) runs
             # one seed per call, so that result i is exactly what seed s + i gives alone.
             batches = [[seed] for seed in seeds] if recipe.one_seed_per_call else [seeds]
+            progress = _Progress(recipe.total_steps(resolved) * len(batches), on_step, cancel)
+            for slot, scheduler in schedulers.items():
+                progress.observe(scheduler)
+                _set_attribute(pipe, slot, scheduler)
             try:
                 with applied_loras(pipe, loras):
                     outputs = [pipe(**recipe.arguments(pipe, replace(resolved, num_images=len(batch))),
@@ -156,11 +156,14 @@ class Engine:
             pipe.enable_sequential_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
-        vae = getattr(pipe, "vae", None)
-        if vae is not None and self.options.vae_tiling:
-            vae.enable_tiling()
-        if vae is not None and self.options.vae_slicing:
-            vae.enable_slicing()
+        for wanted, method, option in ((self.options.vae_tiling, "enable_tiling", "--vae-tiling"),
+                                       (self.options.vae_slicing, "enable_slicing", "--vae-slicing")):
+            if wanted:
+                try:
+                    getattr(pipe.vae, method)()
+                except (AttributeError, NotImplementedError):  # no VAE (Stable Cascade), or SVD's temporal decoder
+                    raise InvalidRequest(f"{option}: this recipe's pipeline has no VAE that decodes in parts "
+                                         "(video recipes: use --decode-chunk-size)") from None
 
 
 _TASK_PIPELINES = {"img2img": "AutoPipelineForImage2Image", "inpaint": "AutoPipelineForInpainting"}
@@ -234,7 +237,7 @@ class _Context:
                  **replace: Any) -> Any:
         model = self.model(role)
         if isinstance(model, LocalModel) and model.is_single_file:
-            return self._single_file_pipeline(model, role, replace)
+            return self._single_file_pipeline(model, role, replace, pipeline_class)
         folder = self.folder(role)
         cls = pipeline_class or _pipeline_class(folder)
         _check_fits(cls, folder, self.recipe.name, without)
@@ -254,8 +257,10 @@ class _Context:
         return self.store.model_from_file(weights, self.folder(config_role), self._precision(role),
                                           class_name=class_name, subfolder=subfolder)
 
-    def _single_file_pipeline(self, model: LocalModel, role: str, replace: dict[str, Any]) -> Any:
-        """A civitai-style checkpoint: its weights, with the architecture configs of the recipe's own model."""
+    def _single_file_pipeline(self, model: LocalModel, role: str, replace: dict[str, Any],
+                              pipeline_class: type | None) -> Any:
+        """A civitai-style checkpoint: its weights, with the architecture configs of the recipe's own model,
+        assembled into the recipe's pipeline class (a ControlNet or AnimateDiff pipeline around the checkpoint)."""
         published = self.recipe.models[role]
         try:
             precision = self._precision(role)
@@ -267,8 +272,12 @@ class _Context:
             ) from None
         from diffusers.loaders.single_file_utils import SingleFileComponentError
 
+        cls = pipeline_class or _pipeline_class(config)
+        if not hasattr(cls, "from_single_file"):
+            raise InvalidRequest(f"recipe {self.recipe.name} cannot read a single-file checkpoint ({model.path}); "
+                                 "give it a diffusers model folder or hub id")
         try:
-            pipe = _pipeline_class(config).from_single_file(
+            pipe = cls.from_single_file(
                 str(model.path), config=str(config), torch_dtype=precision.torch_dtype(), **replace
             )
         except (SingleFileComponentError, OSError, ValueError) as error:

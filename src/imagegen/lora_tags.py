@@ -48,7 +48,9 @@ class LoraSpec:
         return cls(name.strip(), value)
 
     def tag(self) -> str:
-        return f"<lora:{self.name}:{self.weight:g}>"
+        """A1111's short form ("0.8", "1") where it reads back exactly, else the full float."""
+        short = f"{self.weight:g}"
+        return f"<lora:{self.name}:{short if float(short) == self.weight else repr(float(self.weight))}>"
 
 
 def split_lora_tags(prompt: str) -> tuple[str, tuple[LoraSpec, ...]]:

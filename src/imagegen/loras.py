@@ -83,7 +83,7 @@ def find_lora_file(name: str) -> Path:
         if found:
             return _checked(found[0])
     parts = name.split("/")
-    if len(parts) >= 2 and all(parts) and not name.startswith((".", "/", "~")):
+    if len(parts) >= 2 and all(parts) and not {".", ".."} & set(parts) and not name.startswith(("/", "~")):
         return _hub_file("/".join(parts[:2]), "/".join(parts[2:]) or None)
     raise ModelNotFound(f"LoRA {name!r} not found: not a file, not in the LoRA folder {folder} "
                         "(set IMAGEGEN_LORA_DIR), and not a hub id 'org/repo[/file.safetensors]'")

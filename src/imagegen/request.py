@@ -29,6 +29,11 @@ VIDEO_FORMATS = ("mp4", "gif", "webp", "frames")  # "frames": a folder of PNGs
 MAX_FRAMES = 64
 MAX_FPS = 60
 MAX_VIDEO_PIXELS = 1024 * 576 * 64  # width x height x frames: SVD-XT's size at 64 frames
+# Browsers play a GIF frame delay of 1/100 s or less as 1/10 s, so a faster GIF would play several times too slowly.
+MAX_GIF_FPS = 50
+# Options only some recipes have: a recipe takes one when its Defaults give it a value.
+STAGE_OPTIONS = ("controlnet_conditioning_scale", "canny_low", "canny_high", "decoder_steps", "decoder_guidance_scale",
+                 "num_frames", "fps", "decode_chunk_size", "motion_bucket_id", "noise_aug_strength")
 DEFAULT_STRENGTH = 0.75  # A1111's default denoising strength for img2img
 MAX_CONTROL_SCALE = 5.0
 MAX_CANNY_THRESHOLD = 1000  # cv2.Canny compares gradient magnitudes, which reach about 1443 for 8-bit images
@@ -87,14 +92,17 @@ class GenerationRequest:
         replayed exactly. The prompt's LoRA tags move into `loras`, after those given as options.
         """
         d = recipe.defaults
-        width, height = self.width, self.height
-        if self.control_image is not None and recipe.control and (width is None or height is None):
-            # As diffusers' ControlNet pipelines: the control image's size, to a multiple of 8, within limits.
-            from imagegen.images import image_size
+        from imagegen.images import image_size
 
+        width, height = self.width, self.height
+        if self.control_image is not None and recipe.control:
+            # Read (header only) now, so a bad control image fails before any model loads; without a size given,
+            # the result has the control image's size, as in diffusers' ControlNet pipelines.
             fitted = [max(MIN_SIDE, min(MAX_SIDE, side - side % SIDE_MULTIPLE))
                       for side in image_size(self.control_image, what="control image")]
             width, height = width or fitted[0], height or fitted[1]
+        if self.init_image is not None and recipe.image_conditioned:
+            image_size(self.init_image, what="input image")
         prompt, tagged = split_lora_tags(self.prompt) if isinstance(self.prompt, str) else (self.prompt, ())
         filled = replace(
             self,
@@ -109,9 +117,7 @@ class GenerationRequest:
             strength=DEFAULT_STRENGTH if self.strength is None and self.init_image is not None and recipe.image_inputs
             else self.strength,
             output_format=self.output_format or ("mp4" if recipe.video else "png"),
-            **_fill(self, d, "controlnet_conditioning_scale", "canny_low", "canny_high", "decoder_steps",
-                    "decoder_guidance_scale", "num_frames", "fps", "decode_chunk_size", "motion_bucket_id",
-                    "noise_aug_strength"),
+            **_fill(self, d, *STAGE_OPTIONS),
         )
         filled.validate()
         recipe.check(filled)
@@ -179,6 +185,8 @@ class GenerationRequest:
                 _check_int(name, getattr(self, name), low, high)
         if self.noise_aug_strength is not None:
             _check_number("noise_aug_strength", self.noise_aug_strength, 0.0, 1.0)
+        if self.output_format == "gif" and self.fps is not None and self.fps > MAX_GIF_FPS:
+            raise InvalidRequest(f"a GIF plays at most {MAX_GIF_FPS} fps (browsers slow faster ones down), got {self.fps}")
         if self.num_frames is not None and self.width is not None and self.height is not None \
                 and self.width * self.height * self.num_frames > MAX_VIDEO_PIXELS:
             raise InvalidRequest(f"{self.num_frames} frames of {self.width}x{self.height} are more than the "

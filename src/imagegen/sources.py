@@ -71,7 +71,7 @@ def parse_model_argument(value: str, *, allow_pickle: bool = False) -> ModelRef 
         return LocalModel(path.resolve())
     looks_like_path = value.startswith((".", "/", "~")) or value.endswith((".safetensors", *PICKLE_SUFFIXES))
     parts = value.split("/")
-    if looks_like_path or len(parts) < 2 or not all(parts):
+    if looks_like_path or len(parts) < 2 or not all(parts) or {".", ".."} & set(parts):
         raise ModelNotFound(
             f"model {value!r}: no such file or folder, and it is not a hub id of the form 'org/name[/subfolder]'"
         )

@@ -30,7 +30,7 @@ from PIL import Image, ImageSequence
 
 from imagegen.errors import InvalidImage, InvalidRequest, OutputError
 from imagegen.metadata import exif_with_user_comment, read_infotext, save_image, write_aside
-from imagegen.request import VIDEO_FORMATS
+from imagegen.request import MAX_GIF_FPS, VIDEO_FORMATS
 
 if TYPE_CHECKING:
     import numpy
@@ -41,9 +41,6 @@ FRAMES_SIDECAR = "frames.json"
 _FRAME_NAME = "frame_{index:05d}.png"
 _FRAME_GLOB = "frame_[0-9][0-9][0-9][0-9][0-9].png"
 
-# Chromium and Firefox play a GIF delay of 1/100 s or less as 10/100 s, so a faster GIF would play
-# several times too slowly (https://www.biphelps.com/blog/The-Fastest-GIF-Does-Not-Exist).
-_MAX_GIF_FPS = 50
 # FFmpeg's H.264 guide calls CRF 17-18 "visually lossless" (https://trac.ffmpeg.org/wiki/Encode/H.264);
 # x264's default, 23, visibly smears the fine texture of generated images.
 _MP4_CRF = "18"
@@ -139,9 +136,9 @@ def _resolve_format(path: Path, video_format: str | None) -> tuple[str, Path]:
 def _check_fps(fps: float, video_format: str) -> None:
     if not (math.isfinite(fps) and fps > 0):
         raise InvalidRequest(f"fps must be a positive number, got {fps}")
-    if video_format == "gif" and fps > _MAX_GIF_FPS:
+    if video_format == "gif" and fps > MAX_GIF_FPS:
         raise InvalidRequest(
-            f"GIF players slow down frames shorter than 1/{_MAX_GIF_FPS} s; use fps <= {_MAX_GIF_FPS},"
+            f"GIF players slow down frames shorter than 1/{MAX_GIF_FPS} s; use fps <= {MAX_GIF_FPS},"
             f" or mp4 or webp for {fps:g} fps"
         )
 

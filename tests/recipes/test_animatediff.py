@@ -61,6 +61,7 @@ def test_batches_keep_the_seed_contract_and_loras_apply_and_leave(engine, hf_cac
         ({"fps": 0}, "fps must be between 1 and 60"),
         ({"init_image": "x.png"}, "recipe animatediff does not take an init image"),
         ({"motion_bucket_id": 100}, "recipe animatediff does not take motion_bucket_id"),
+        ({"output_format": "gif", "fps": 60}, "a GIF plays at most 50 fps"),
     ],
 )
 def test_bad_requests_are_refused_before_loading(options, message) -> None:

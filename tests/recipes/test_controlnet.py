@@ -12,7 +12,7 @@ from PIL import Image
 from tiny_controlnet import CONTROLNET_DEPTH, edge_test_image, write_edge_test_image
 
 from imagegen.control import control_image
-from imagegen.errors import InvalidImage
+from imagegen.errors import InvalidImage, InvalidRequest
 from imagegen.parameters import request_from_infotext
 from imagegen.request import GenerationRequest
 
@@ -92,3 +92,26 @@ def test_cli_saves_the_edge_map_beside_the_result(hf_cache, photo, tmp_path) -> 
     assert result.stdout.split() == [str(out), str(tmp_path / "turtle-control.png")]
     edges = Image.open(tmp_path / "turtle-control.png")
     assert edges.size == (72, 64) and set(np.unique(pixels(edges))) <= {0, 255}
+
+
+def test_a_single_file_sdxl_checkpoint_goes_into_the_controlnet_pipeline(engine, hf_cache, photo, tmp_path) -> None:
+    from single_file_checkpoint import write_sdxl_single_file
+    from tiny_models import SDXL_BASE, snapshot_path
+
+    checkpoint = write_sdxl_single_file(snapshot_path(hf_cache, SDXL_BASE), tmp_path / "sdxl.safetensors")
+    from_file = engine.generate(controlnet(photo, seed=8, model=str(checkpoint)))
+    from_folder = engine.generate(controlnet(photo, seed=8))
+    np.testing.assert_array_equal(pixels(from_file[0].image), pixels(from_folder[0].image))
+
+
+def test_an_sd15_controlnet_is_refused_with_a_reason(engine, hf_cache, photo, tmp_path) -> None:
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from tiny_models import snapshot_path
+    from tiny_sd15 import SD15
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_pretrained(snapshot_path(hf_cache, SD15) / "unet")
+    ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32)).save_pretrained(tmp_path / "cn15")
+    with pytest.raises(InvalidRequest, match="is not made for SDXL"):
+        engine.generate(controlnet(photo, seed=1, controlnet=str(tmp_path / "cn15"), control_is_edges=True))

@@ -64,6 +64,7 @@ def test_the_video_file_carries_the_parameters(engine, picture, tmp_path) -> Non
         ({"strength": 0.5}, "recipe svd does not take a strength"),
         ({"output_format": "png"}, "recipe svd writes videos: choose one of mp4, gif, webp, frames, not png"),
         ({"num_frames": 65}, "num_frames must be between 1 and 64"),
+        ({"scheduler": "euler"}, "recipe svd does not take --scheduler"),
     ],
 )
 def test_bad_requests_are_refused_before_loading(picture, options, message) -> None:
@@ -71,3 +72,18 @@ def test_bad_requests_are_refused_before_loading(picture, options, message) -> N
 
     with pytest.raises(InvalidRequest, match=message):
         svd(picture, **options).resolve(get_recipe("svd"))
+
+
+def test_an_input_that_is_not_an_image_fails_before_loading(tmp_path) -> None:
+    from imagegen.errors import InvalidImage
+    from imagegen.recipes import get_recipe
+
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(InvalidImage, match="input image .*notes.png cannot be read"):
+        svd(tmp_path / "notes.png").resolve(get_recipe("svd"))
+
+
+def test_progress_counts_every_video(engine, picture) -> None:
+    steps = []
+    engine.generate(svd(picture, seed=1, num_images=2, num_inference_steps=2), on_step=lambda *step: steps.append(step))
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]

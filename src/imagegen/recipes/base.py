@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from imagegen.errors import InvalidRequest
-from imagegen.request import OUTPUT_FORMATS, VIDEO_FORMATS, GenerationRequest
+from imagegen.request import OUTPUT_FORMATS, STAGE_OPTIONS, VIDEO_FORMATS, GenerationRequest
 from imagegen.sources import LocalModel, ModelRef
 
 
@@ -71,11 +71,6 @@ class BuildContext(Protocol):
 BuildFn = Callable[[BuildContext], Any]
 ArgumentsFn = Callable[[Any, GenerationRequest], dict[str, Any]]
 PostprocessFn = Callable[[Any, GenerationRequest], Any]
-
-
-# Options only some recipes have: a recipe takes one when its Defaults give it a value.
-_STAGE_OPTIONS = ("controlnet_conditioning_scale", "canny_low", "canny_high", "decoder_steps", "decoder_guidance_scale",
-                  "num_frames", "fps", "decode_chunk_size", "motion_bucket_id", "noise_aug_strength")
 
 
 def text_to_image_arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
@@ -167,7 +162,7 @@ class Recipe:
             and not self.control,
             "--scheduler": request.scheduler is not None and not self.scheduler_choice,
             **{name: getattr(request, name) is not None and getattr(self.defaults, name) is None
-               for name in _STAGE_OPTIONS},
+               for name in STAGE_OPTIONS},
         }
         for what, is_refused in refused.items():
             if is_refused:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from imagegen.errors import InvalidRequest
 from imagegen.recipes.base import BuildContext, Defaults, Recipe, text_to_image_arguments
 from imagegen.recipes.sdxl import SDXL_BASE
 from imagegen.request import GenerationRequest
@@ -21,9 +22,14 @@ SDXL_VAE_FP16_FIX = ModelRef("madebyollin/sdxl-vae-fp16-fix", "AI-ModelScope/sdx
 def _with_controlnet(ctx: BuildContext) -> Any:
     from diffusers import StableDiffusionXLControlNetPipeline
 
-    return ctx.pipeline(pipeline_class=StableDiffusionXLControlNetPipeline,
-                        controlnet=ctx.component("controlnet", "ControlNetModel"),
+    controlnet = ctx.component("controlnet", "ControlNetModel")
+    pipe = ctx.pipeline(pipeline_class=StableDiffusionXLControlNetPipeline, controlnet=controlnet,
                         vae=ctx.component("vae", "AutoencoderKL"))
+    fits = {name: getattr(pipe.unet.config, name) for name in ("cross_attention_dim", "addition_embed_type")}
+    if {name: getattr(controlnet.config, name) for name in fits} != fits:
+        raise InvalidRequest(f"ControlNet {ctx.model('controlnet').name} is not made for SDXL (an SD 1.5 ControlNet?): "
+                             "choose an SDXL ControlNet")
+    return pipe
 
 
 def _arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:

@@ -109,6 +109,7 @@ SVD = Recipe(
     arguments=_svd_arguments,
     image_conditioned=True,
     takes_prompt=False,
+    scheduler_choice=False,  # SVD's Karras-sigma EDM schedule would leak into every other sampler's config
     min_side=32,
     video=True,
     one_seed_per_call=True,
