@@ -9,6 +9,7 @@ import pytest
 import seed_reference
 
 from imagegen.errors import Cancelled, InvalidRequest
+from imagegen.recipes import get_recipe
 from imagegen.request import GenerationRequest
 
 PROMPT = "Beautiful and cute girl, rain jacket, soft lighting"
@@ -144,3 +145,28 @@ def test_dit_samples_correctly_with_euler_too(engine) -> None:
 
     reference = image("dpm++2m").astype(float)
     assert np.abs(image("euler").astype(float) - reference).mean() < 5
+
+
+@pytest.mark.parametrize("recipe", ["sdxl-turbo", "sd15"])
+def test_requests_batched_into_one_call_match_each_run_alone(engine, recipe) -> None:
+    """A server's batching: different prompts and seeds in one pipeline call, each image as if run alone
+    (the CPU sums a batch in another order: at most one level apart)."""
+    steps = {"num_inference_steps": 2} if recipe == "sd15" else {}
+    requests = [GenerationRequest(prompt=prompt, recipe=recipe, seed=seed, num_images=n, **SIZE, **steps)
+                for prompt, seed, n in (("a cat", 1, 2), ("a dog in the rain", 50, 1))]
+    assert engine.batch_key(requests[0].resolve(get_recipe(recipe))) == \
+        engine.batch_key(requests[1].resolve(get_recipe(recipe)))
+    batched = engine.generate_many(requests)
+    for request, results in zip(requests, batched):
+        alone = engine.generate(request)
+        assert [image.seed for image in results] == [image.seed for image in alone]
+        assert [image.infotext for image in results] == [image.infotext for image in alone]
+        for mine, single in zip(results, alone):
+            assert np.abs(pixels(mine.image).astype(int) - pixels(single.image).astype(int)).max() <= 1
+
+
+def test_requests_that_differ_in_more_than_prompt_and_seed_are_not_batched(engine) -> None:
+    first = GenerationRequest(prompt="a", recipe="sdxl-turbo", seed=1, **SIZE)
+    with pytest.raises(InvalidRequest, match="differ in more than prompt, seed and count"):
+        engine.generate_many([first, GenerationRequest(prompt="a", recipe="sdxl-turbo", seed=1, width=128, height=64)])
+    assert engine.batch_key(GenerationRequest(prompt="7", recipe="digits", seed=1)) is None

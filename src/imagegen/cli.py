@@ -99,6 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="optimiser steps (default 1500, the shipped model's; more steps copy training digits)")
     train.set_defaults(run=_train_digits)
 
+    srv = commands.add_parser("serve", help="HTTP service: job queue, native, OpenAI and A1111 APIs (needs .[server])",
+                              description="Serve the engine over HTTP; jobs persist in --data-dir.")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (not loopback: needs an API key)")
+    srv.add_argument("--port", type=int, default=7860, help="port (7860, as A1111)")
+    srv.add_argument("--data-dir", type=Path, default=Path("imagegen-data"), help="jobs database and images")
+    srv.add_argument("--api-key", help="require this key (Bearer token or basic-auth password); or $IMAGEGEN_API_KEY")
+    srv.add_argument("--insecure", action="store_true", help="allow a non-loopback address without an API key")
+    srv.add_argument("--max-queue", type=int, default=100, help="queued jobs before requests get 429 (100)")
+    srv.add_argument("--max-batch", type=int, default=4, help="images of compatible jobs run in one call (4)")
+    srv.add_argument("--models-dir", type=Path, help="folder whose models requests may name (besides hub ids)")
+    srv.add_argument("--device", choices=DEVICES, default="auto")
+    srv.add_argument("--dtype", choices=DTYPES, default="auto")
+    srv.add_argument("--offload", choices=OFFLOAD_MODES, default="auto")
+    srv.set_defaults(run=_serve)
+
     rec = commands.add_parser("recipes", help="list the recipes, their models and defaults")
     rec.set_defaults(run=_recipes)
 
@@ -190,6 +205,23 @@ def _generate(args: argparse.Namespace) -> int:
         first = images[0]
         grid = replace(first, image=make_grid([image.image for image in images]))
         print(grid.save(paths[0].with_name(f"{paths[0].stem}-grid{paths[0].suffix}")))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        raise InvalidRequest("serve needs the server extra: pip install 'imagegen[server]'")
+    from imagegen.server.main import api_key_from, serve
+    from imagegen.server.service import ServerSettings
+
+    for name, low in (("max_queue", 1), ("max_batch", 1), ("port", 1)):
+        if getattr(args, name) < low:
+            raise InvalidRequest(f"--{name.replace('_', '-')} must be at least {low}")
+    serve(ServerSettings(data_dir=args.data_dir, host=args.host, port=args.port, api_key=api_key_from(args.api_key),
+                         insecure=args.insecure, max_queue=args.max_queue, max_batch=args.max_batch,
+                         models_dir=args.models_dir, device=args.device, dtype=args.dtype, offload=args.offload))
     return 0
 
 

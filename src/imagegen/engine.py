@@ -45,6 +45,7 @@ class EngineOptions:
     vae_slicing: bool = False
     allow_pickle: bool = False
     max_pipelines: int = 2  # assembled pipelines kept warm; their shared components count once
+    lora_names_only: bool = False  # a server's: LoRAs by name from the LoRA folder only, never by path
 
 
 class Engine:
@@ -58,7 +59,7 @@ class Engine:
         if options.offload not in ("none", "auto") and self.device == "cpu":
             raise InvalidRequest("CPU offload moves models between the CPU and a GPU; there is no GPU here")
         self.store = ComponentStore(allow_pickle=options.allow_pickle)
-        self.loras = LoraLibrary()
+        self.loras = LoraLibrary(names_only=options.lora_names_only)
         self._pipelines: OrderedDict[tuple, tuple[Any, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -68,48 +69,78 @@ class Engine:
 
         Image recipes give one GeneratedImage per image, video recipes one GeneratedVideo per video.
         """
+        return self.generate_many([request], on_step=on_step, cancel=cancel)[0]
+
+    @staticmethod
+    def batch_key(request: GenerationRequest) -> GenerationRequest | None:
+        """Resolved requests with equal keys may share one pipeline call: only prompt, seed and count differ.
+
+        None for recipes whose pipelines cannot take a list of prompts (or whose batch members interact).
+        """
+        if not get_recipe(request.recipe).batches_prompts:
+            return None
+        return replace(request, prompt="", seed=0, num_images=1)
+
+    def generate_many(self, requests: list[GenerationRequest], *, on_step: ProgressFn | None = None,
+                      cancel: threading.Event | None = None) -> list[list[GeneratedImage] | list[GeneratedVideo]]:
+        """Run requests of equal `batch_key` in one pipeline call (each image keeps its own seed), a server's
+        throughput trick; the results, per request, are those of running each alone (up to the CPU's batch-size
+        dependent rounding, at most one level)."""
         import torch
 
         from imagegen.parameters import infotext_for
 
-        recipe = get_recipe(request.recipe)
-        resolved = request.resolve(recipe)
-        loras = [self.loras.load(spec) for spec in resolved.loras]  # a missing LoRA fails before any model loads
+        recipe = get_recipe(requests[0].recipe)
+        resolved = [request.resolve(recipe) for request in requests]
+        if len(resolved) > 1 and (len({self.batch_key(request) for request in resolved}) != 1
+                                  or self.batch_key(resolved[0]) is None):
+            raise InvalidRequest("these requests differ in more than prompt, seed and count: run them one by one")
+        first = resolved[0]
+        loras = [self.loras.load(spec) for spec in first.loras]  # a missing LoRA fails before any model loads
+        seeds = [seed for request in resolved for seed in request.image_seeds()]
+        prompts = [request.prompt for request in resolved for _ in request.image_seeds()]
+        # A pipeline whose batch members interact (SVD's temporal decoder mixes frames across videos) runs
+        # one seed per call, so that result i is exactly what seed s + i gives alone.
+        calls = [[seed] for seed in seeds] if recipe.one_seed_per_call else [seeds]
         with self._lock:
-            pipe, recipe_schedulers = self._pipeline(recipe, resolved)
+            pipe, recipe_schedulers = self._pipeline(recipe, first)
             # Fresh schedulers per call: schedulers keep per-run state (timesteps, step index).
             schedulers = {slot: type(scheduler).from_config(scheduler.config)
                           for slot, scheduler in recipe_schedulers.items()}
             main_slot = recipe.scheduler_slots[0]
-            if resolved.scheduler:
-                schedulers[main_slot] = make_scheduler(resolved.scheduler, recipe_schedulers[main_slot].config)
-            seeds = resolved.image_seeds()
-            # A pipeline whose batch members interact (SVD's temporal decoder mixes frames across videos) runs
-            # one seed per call, so that result i is exactly what seed s + i gives alone.
-            batches = [[seed] for seed in seeds] if recipe.one_seed_per_call else [seeds]
-            progress = _Progress(recipe.total_steps(resolved) * len(batches), on_step, cancel)
+            if first.scheduler:
+                schedulers[main_slot] = make_scheduler(first.scheduler, recipe_schedulers[main_slot].config)
+            progress = _Progress(recipe.total_steps(first) * len(calls), on_step, cancel)
             for slot, scheduler in schedulers.items():
                 progress.observe(scheduler)
                 _set_attribute(pipe, slot, scheduler)
             try:
                 with applied_loras(pipe, loras):
-                    outputs = [pipe(**recipe.arguments(pipe, replace(resolved, num_images=len(batch))),
-                                    generator=[torch.Generator("cpu").manual_seed(seed) for seed in batch],
-                                    output_type="pil")
-                               for batch in batches]
+                    outputs = []
+                    for call_seeds in calls:
+                        # Several requests: one prompt per image, so num_images_per_prompt is 1.
+                        per_prompt = 1 if len(resolved) > 1 else len(call_seeds)
+                        arguments = recipe.arguments(pipe, replace(first, num_images=per_prompt))
+                        if len(resolved) > 1:
+                            arguments["prompt"] = prompts
+                        outputs.append(pipe(**arguments, output_type="pil",
+                                            generator=[torch.Generator("cpu").manual_seed(s) for s in call_seeds]))
             finally:
                 for slot, scheduler in recipe_schedulers.items():  # the cached pipeline never keeps a request's
                     _set_attribute(pipe, slot, scheduler)
         sampler = describe(schedulers[main_slot])
         hashes = [(lora.spec, lora.short_hash) for lora in loras]
-        infotexts = [infotext_for(resolved, seed, sampler, hashes) for seed in seeds]
+        results = iter([frames for output in outputs for frames in output.frames] if recipe.video
+                       else [image for output in outputs for image in output.images])
+        return [[self._result(recipe, request, next(results), seed, infotext_for(request, seed, sampler, hashes))
+                 for seed in request.image_seeds()] for request in resolved]
+
+    @staticmethod
+    def _result(recipe: Recipe, request: GenerationRequest, output: Any, seed: int,
+                infotext: str) -> GeneratedImage | GeneratedVideo:
         if recipe.video:
-            videos = [frames for output in outputs for frames in output.frames]
-            return [GeneratedVideo(list(frames), seed, infotext, resolved)
-                    for frames, seed, infotext in zip(videos, seeds, infotexts)]
-        images = [image for output in outputs for image in output.images]
-        return [GeneratedImage(recipe.postprocess(image, resolved), seed, infotext, resolved)
-                for image, seed, infotext in zip(images, seeds, infotexts)]
+            return GeneratedVideo(list(output), seed, infotext, request)
+        return GeneratedImage(recipe.postprocess(output, request), seed, infotext, request)
 
     def precision(self, recipe: Recipe, role: str = "base") -> Precision:
         """Where and in which dtype the recipe's `role` model runs; on a GPU, offloaded as the recipe asks."""

@@ -43,14 +43,15 @@ class LoraLibrary:
     The most recently used `max_files` stay in memory (SDXL LoRAs are often 100+ MB each).
     """
 
-    def __init__(self, max_files: int = 16) -> None:
+    def __init__(self, max_files: int = 16, *, names_only: bool = False) -> None:
         self.max_files = max_files
+        self.names_only = names_only  # a server's: names inside the LoRA folder only, never paths or hub ids
         self._cache: OrderedDict[tuple[str, int, int], tuple[str, dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
         self.reads = 0  # files read from disk: lets tests prove the cache serves repeats
 
     def load(self, spec: LoraSpec) -> LoadedLora:
-        path = find_lora_file(spec.name)
+        path = find_lora_file(spec.name, names_only=self.names_only)
         stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime_ns)
         with self._lock:
@@ -64,10 +65,13 @@ class LoraLibrary:
         return LoadedLora(spec, path, digest, tensors)
 
 
-def find_lora_file(name: str) -> Path:
+def find_lora_file(name: str, *, names_only: bool = False) -> Path:
     """A path; else NAME (or NAME.safetensors) in the LoRA folder, sub-folders included; else a hub id
     'org/repo' (its only root .safetensors, or diffusers' pytorch_lora_weights.safetensors) or
-    'org/repo/file.safetensors'."""
+    'org/repo/file.safetensors'. `names_only`: the LoRA folder only, and nothing that leads out of it
+    ("..", absolute paths, symbolic links pointing elsewhere)."""
+    if names_only:
+        return _inside_lora_folder(name)
     path = Path(name).expanduser()
     if path.is_dir():
         return _single_weights_file(path, name)
@@ -87,6 +91,19 @@ def find_lora_file(name: str) -> Path:
         return _hub_file("/".join(parts[:2]), "/".join(parts[2:]) or None)
     raise ModelNotFound(f"LoRA {name!r} not found: not a file, not in the LoRA folder {folder} "
                         "(set IMAGEGEN_LORA_DIR), and not a hub id 'org/repo[/file.safetensors]'")
+
+
+def _inside_lora_folder(name: str) -> Path:
+    folder = settings.lora_dir().resolve()
+    if Path(name).is_absolute() or ".." in Path(name).parts or name.startswith("~"):
+        raise InvalidRequest(f"LoRA {name!r}: give the name of a LoRA in the server's LoRA folder, not a path")
+    for candidate in (folder / name, folder / (name + _SUFFIX)):
+        if candidate.is_file():
+            resolved = candidate.resolve()
+            if not resolved.is_relative_to(folder):
+                raise InvalidRequest(f"LoRA {name!r} leads out of the server's LoRA folder")
+            return _checked(resolved)
+    raise ModelNotFound(f"LoRA {name!r} is not in the server's LoRA folder")
 
 
 def short_hash(path: Path) -> str:

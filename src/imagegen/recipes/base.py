@@ -126,6 +126,7 @@ class Recipe:
     max_frames: int | None = None  # below the general limit where the model's temporal layers stop
     takes_prompt: bool = True  # SVD is conditioned on its input image only
     one_seed_per_call: bool = False  # batch members would influence each other (SVD)
+    batches_prompts: bool = False  # its pipeline takes a list of prompts: a server may batch requests
     takes_loras: bool = False
     scheduler_choice: bool = True  # --scheduler may replace the (first) scheduler
     scheduler_slots: tuple[str, ...] = ("scheduler",)  # the pipeline's schedulers, one per denoising stage

@@ -51,6 +51,7 @@ SDXL_CONTROLNET_CANNY = Recipe(
     build=_with_controlnet,
     arguments=_arguments,
     takes_loras=True,
+    batches_prompts=True,
     gpu_offload="model",
     cache_key=lambda request: request.controlnet,
 )

@@ -27,6 +27,7 @@ SD15_RECIPE = Recipe(
     build=_without_safety_checker,
     image_inputs=True,
     takes_loras=True,
+    batches_prompts=True,
 )
 
 RECIPES = (SD15_RECIPE,)

@@ -51,6 +51,7 @@ SDXL = Recipe(
     build=_whole_pipeline,
     image_inputs=True,
     takes_loras=True,
+    batches_prompts=True,
 )
 
 SDXL_TURBO_RECIPE = Recipe(
@@ -62,6 +63,7 @@ SDXL_TURBO_RECIPE = Recipe(
     build=_whole_pipeline,
     image_inputs=True,
     takes_loras=True,
+    batches_prompts=True,
 )
 
 LCM_SDXL = Recipe(
@@ -72,6 +74,7 @@ LCM_SDXL = Recipe(
     build=_lcm,
     image_inputs=True,
     takes_loras=True,
+    batches_prompts=True,
 )
 
 SDXL_LIGHTNING_RECIPE = Recipe(
@@ -83,6 +86,7 @@ SDXL_LIGHTNING_RECIPE = Recipe(
     build=_lightning,
     image_inputs=True,
     takes_loras=True,
+    batches_prompts=True,
     allowed_steps=LIGHTNING_STEPS,
     cache_key=lambda request: request.num_inference_steps,
 )

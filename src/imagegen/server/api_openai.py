@@ -1,0 +1,217 @@
+"""OpenAI's Images API (`POST /v1/images/generations`), so that OpenAI's clients and the tools built on them work
+against imagegen unchanged: `openai.OpenAI(base_url="http://HOST:PORT/v1", api_key=KEY).images.generate(...)`.
+
+What a caller may rely on, where we differ from OpenAI or had to choose:
+
+- `model` names a recipe (GET /v1/recipes). Left out, or one of OpenAI's own names (`dall-e-*`, `gpt-image-*`,
+  `chatgpt-image-*`), it means the default recipe, so that tools which hard-code OpenAI's names still work; any
+  other unknown name is a 400 with code `model_not_found`. Video recipes are refused: their results are not images.
+- `size` is "WIDTHxHEIGHT" within request.py's limits (any multiple of 8, not only OpenAI's list), or "auto" /
+  left out for the recipe's default size.
+- `response_format` defaults to `b64_json`, as for OpenAI's current (GPT image) models. `url` gives an absolute
+  URL of the image on this server (`/v1/images/<file>`); fetching it needs the same API key, where OpenAI's
+  links are signed and open.
+- `output_format` png (default), jpeg or webp is honoured; every file carries imagegen's infotext. gif and svg
+  are refused, so is `background: "transparent"` (our recipes draw opaque images) and `stream: true`.
+- Accepted and ignored: `quality`, `style`, `moderation`, `output_compression`, `partial_images`, `complexity`
+  (no quality tiers or moderation here), `user` and `safety_identifier` (no per-user accounting).
+- imagegen's own options ride along as extensions (the client's `extra_body`): `seed` (image i gets seed + i),
+  `negative_prompt`, `num_inference_steps`, `guidance_scale`. Any other field is a 400, as OpenAI answers one.
+- `revised_prompt` is the prompt the image was made from (LoRA tags taken out); the response also has `size` and
+  `output_format`, and the job's id is in the `X-Imagegen-Job` header.
+- Errors have OpenAI's shape `{"error": {"message", "type", "param", "code"}}`: 400 `invalid_request_error`
+  (`param` names the field at fault where we know it), 401 `invalid_api_key`, 429 `rate_limit_error` with
+  Retry-After when the queue is full (OpenAI's client waits and retries), 500 `server_error` when the job failed
+  or was cancelled, with `x-should-retry: false` so that the client does not run a failing job again.
+- The call waits for its job, which is an ordinary queued job: a client that disconnects loses nothing, the job
+  runs and stays in the history (GET /v1/jobs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.params import Depends
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict
+
+from imagegen.errors import ImagegenError
+from imagegen.recipes import DEFAULT_RECIPE, RECIPES
+from imagegen.recipes.base import Recipe
+from imagegen.request import OUTPUT_FORMATS
+from imagegen.server.app import RETRY_AFTER_S
+from imagegen.server.jobs import Job, QueueFull
+from imagegen.server.service import Service
+
+OPENAI_MODEL_PREFIXES = ("dall-e-", "gpt-image-", "chatgpt-image-")  # OpenAI's names: they mean the default recipe
+_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+# Our validation messages start with the option's name; the OpenAI field it came from is the error's `param`.
+_PARAM_OF_OPTION = {"prompt": "prompt", "num_images": "n", "width": "size", "height": "size", "seed": "seed",
+                    "num_inference_steps": "num_inference_steps", "guidance_scale": "guidance_scale"}
+
+
+class ImageGenerationBody(BaseModel):
+    """OpenAI's request body (strict types, unknown fields refused), with imagegen's extensions at the end."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    prompt: str
+    model: str | None = None
+    n: int | None = None
+    size: str | None = None
+    response_format: str | None = None
+    output_format: str | None = None
+    background: str | None = None
+    stream: bool | None = None
+    quality: str | None = None
+    style: str | None = None
+    moderation: str | None = None
+    output_compression: int | None = None
+    partial_images: int | None = None
+    complexity: str | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    seed: int | None = None
+    negative_prompt: str | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+
+
+class OpenAIError(Exception):
+    """An error to answer in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        error = {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}
+        return JSONResponse({"error": error}, status_code=self.status, headers=self.headers)
+
+
+class _OpenAIRoute(APIRoute):
+    """Answers every failure of its endpoint, authentication and body validation included, in OpenAI's shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def openai_errors(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as error:  # noqa: BLE001 - re-raised below unless it has an OpenAI answer
+                translated = openai_error(error)
+                if translated is None:
+                    raise
+                return translated.response()
+
+        return openai_errors
+
+
+def openai_error(error: Exception) -> OpenAIError | None:
+    """The OpenAI answer to an error raised while serving a request; None for a bug (a plain 500)."""
+    if isinstance(error, OpenAIError):
+        return error
+    if isinstance(error, QueueFull):
+        return OpenAIError(429, f"{error}; retry later", kind="rate_limit_error", code="queue_full",
+                           headers={"Retry-After": str(RETRY_AFTER_S)})
+    if isinstance(error, RequestValidationError):
+        problem = error.errors()[0]
+        location = problem["loc"]  # ("body", field name) for a field; ("body", character offset) for bad JSON
+        field = location[1] if len(location) > 1 and isinstance(location[1], str) else None
+        if problem["type"] == "extra_forbidden":
+            return OpenAIError(400, f"Unrecognized request argument supplied: {field}", param=field)
+        return OpenAIError(400, f"{field}: {problem['msg']}" if field else problem["msg"], param=field)
+    if isinstance(error, HTTPException):
+        return OpenAIError(error.status_code, str(error.detail), headers=error.headers,
+                           code="invalid_api_key" if error.status_code == 401 else None)
+    if isinstance(error, ImagegenError):
+        option = re.match(r"[a-z_]+", str(error))
+        return OpenAIError(400, str(error), param=_PARAM_OF_OPTION.get(option.group() if option else ""))
+    return None
+
+
+def router(service: Service, auth: Depends) -> APIRouter:
+    api = APIRouter(route_class=_OpenAIRoute, dependencies=[auth])
+
+    @api.post("/v1/images/generations")
+    async def generations(body: ImageGenerationBody, request: Request) -> JSONResponse:
+        response_format = body.response_format or "b64_json"
+        options = generation_options(body)
+        job = await asyncio.to_thread(lambda: service.submit(service.request_from_options(options)))
+        finished = await service.wait(job.id)
+        content = await asyncio.to_thread(images_response, service, finished, response_format, str(request.base_url))
+        return JSONResponse(content, headers={"X-Imagegen-Job": job.id})
+
+    return api
+
+
+def recipe_for(model: str | None) -> Recipe:
+    """The recipe an OpenAI `model` names (see the module's docstring)."""
+    if not model or model.startswith(OPENAI_MODEL_PREFIXES):
+        return RECIPES[DEFAULT_RECIPE]
+    recipe = RECIPES.get(model)
+    if recipe is None:
+        raise OpenAIError(400, f"unknown model {model!r}: name one of the recipes {', '.join(RECIPES)} (OpenAI's own "
+                          f"model names mean {DEFAULT_RECIPE})", param="model", code="model_not_found")
+    if recipe.video:
+        raise OpenAIError(400, f"recipe {model} makes videos, which the Images API cannot return; "
+                          "use POST /v1/jobs", param="model")
+    return recipe
+
+
+def generation_options(body: ImageGenerationBody) -> dict[str, Any]:
+    """The native request options (GenerationRequest's names) for an OpenAI request; limits are checked later."""
+    if body.response_format not in (None, "b64_json", "url"):
+        raise OpenAIError(400, f"response_format must be 'b64_json' or 'url', got {body.response_format!r}",
+                          param="response_format")
+    if body.output_format not in (None, *OUTPUT_FORMATS):
+        raise OpenAIError(400, f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, "
+                          f"got {body.output_format!r}", param="output_format")
+    if body.background == "transparent":
+        raise OpenAIError(400, "transparent backgrounds are not supported: the recipes draw opaque images",
+                          param="background")
+    if body.stream:
+        raise OpenAIError(400, "streaming is not supported; follow a job's progress at /v1/jobs/{id}/events",
+                          param="stream")
+    recipe = recipe_for(body.model)
+    width = height = None
+    if body.size not in (None, "auto"):
+        match = _SIZE.match(body.size)
+        if match is None:
+            raise OpenAIError(400, f"size must be 'auto' or WIDTHxHEIGHT such as '256x256', got {body.size!r}",
+                              param="size")
+        width, height = int(match[1]), int(match[2])
+    options = {"prompt": body.prompt, "recipe": recipe.name, "num_images": 1 if body.n is None else body.n,
+               "width": width, "height": height, "output_format": body.output_format, "seed": body.seed,
+               "negative_prompt": body.negative_prompt, "num_inference_steps": body.num_inference_steps,
+               "guidance_scale": body.guidance_scale}
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def images_response(service: Service, job: Job, response_format: str, base_url: str) -> dict[str, Any]:
+    """OpenAI's ImagesResponse for a finished job; a failed or cancelled job is a 500 the client should not retry."""
+    if job.state != "done":
+        reason = f"job {job.id} failed: {job.error}" if job.state == "failed" else f"job {job.id} was cancelled"
+        raise OpenAIError(500, reason, kind="server_error", code=f"job_{job.state}",
+                          headers={"x-should-retry": "false"})
+    data = []
+    for result in job.results:
+        if response_format == "url":
+            image = {"url": f"{base_url}v1/images/{result['file']}"}
+        else:
+            path = service.image_path(result["file"])
+            if path is None:
+                raise OpenAIError(500, f"image {result['file']} of job {job.id} is gone", kind="server_error",
+                                  headers={"x-should-retry": "false"})
+            image = {"b64_json": base64.b64encode(path.read_bytes()).decode()}
+        data.append({**image, "revised_prompt": job.request.prompt})
+    return {"created": int(job.finished or job.created), "data": data,
+            "size": f"{job.request.width}x{job.request.height}", "output_format": job.request.output_format}

@@ -1,0 +1,214 @@
+"""The FastAPI application: the native job API, health and metrics, authentication, and the other APIs' routers."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from base64 import b64decode
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict
+
+from imagegen.errors import ImagegenError, ModelNotFound
+from imagegen.server.jobs import FINISHED, Job, QueueFull
+from imagegen.server.service import ServerStopping, Service
+
+RETRY_AFTER_S = 5
+STOPPING_DETAIL = "the server is shutting down; the job stays queued and runs after the restart"
+_OPEN_PATHS = ("/health", "/ready")
+
+
+class JobBody(BaseModel):
+    """POST /v1/jobs: GenerationRequest's options by name; images as base64; LoRAs as "name:weight" or objects."""
+
+    model_config = ConfigDict(extra="allow")
+    prompt: str = ""
+    recipe: str | None = None
+
+
+def create_app(service: Service) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202 - FastAPI's protocol
+        service.worker.start()
+        yield
+        # The running call finishes within the grace, else it stops and its jobs go back to the queue.
+        await asyncio.to_thread(service.worker.shutdown, service.settings.shutdown_grace_s)
+
+    app = FastAPI(title="imagegen", lifespan=lifespan)
+    app.state.service = service
+    app.middleware("http")(_limits(service))
+    app.exception_handler(ImagegenError)(_imagegen_error)
+    app.exception_handler(QueueFull)(_queue_full)
+    app.exception_handler(ServerStopping)(_server_stopping)
+    auth = Depends(_authenticated(service))
+    from imagegen.server import api_a1111, api_openai, web
+
+    for module in (api_openai, api_a1111, web):
+        app.include_router(module.router(service, auth))
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    def ready() -> JSONResponse:
+        alive = service.worker.ready.is_set() and service.worker.is_alive()
+        return JSONResponse({"ready": alive}, status_code=200 if alive else 503)
+
+    @app.get("/metrics", dependencies=[auth])
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(service.metrics.exposition(service.store.counts()).decode(),
+                                 media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/recipes", dependencies=[auth])
+    def recipes() -> list[dict[str, Any]]:
+        from imagegen.recipes import DEFAULT_RECIPE, RECIPES
+
+        return [{"name": recipe.name, "summary": recipe.summary, "video": recipe.video,
+                 "default": recipe.name == DEFAULT_RECIPE,
+                 "models": {role: model.name for role, model in recipe.models.items()},
+                 "defaults": {key: value for key, value in asdict(recipe.defaults).items() if value is not None}}
+                for recipe in RECIPES.values()]
+
+    @app.post("/v1/jobs", status_code=202, dependencies=[auth])
+    def submit(body: JobBody) -> dict[str, Any]:
+        job = service.submit(service.request_from_options(body.model_dump()))
+        return job_view(service, job)
+
+    @app.get("/v1/jobs", dependencies=[auth])
+    def history(offset: int = 0, limit: int = 50) -> dict[str, Any]:
+        limit = max(1, min(limit, 200))
+        return {"jobs": [job_view(service, job) for job in service.store.list(offset=max(offset, 0), limit=limit)],
+                "offset": offset, "limit": limit}
+
+    @app.get("/v1/jobs/{job_id}", dependencies=[auth])
+    def job(job_id: str) -> dict[str, Any]:
+        return job_view(service, _existing(service, job_id))
+
+    @app.delete("/v1/jobs/{job_id}", dependencies=[auth])
+    def cancel(job_id: str) -> dict[str, Any]:
+        _existing(service, job_id)
+        service.cancel(job_id)
+        return job_view(service, _existing(service, job_id))
+
+    @app.get("/v1/jobs/{job_id}/events", dependencies=[auth])
+    async def events(job_id: str) -> StreamingResponse:
+        _existing(service, job_id)
+        return StreamingResponse(_event_stream(service, job_id), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    @app.get("/v1/images/{name}", dependencies=[auth])
+    def image(name: str) -> FileResponse:
+        path = service.image_path(name)
+        if path is None:
+            raise HTTPException(404, f"no image {name!r}")
+        return FileResponse(path)
+
+    return app
+
+
+def job_view(service: Service, job: Job) -> dict[str, Any]:
+    """A job as the native API shows it."""
+    return {
+        "id": job.id,
+        "state": job.state,
+        "position": service.store.position(job.id),
+        "progress": service.progress(job),
+        "created": job.created,
+        "started": job.started,
+        "finished": job.finished,
+        "recipe": job.request.recipe,
+        "prompt": job.request.prompt,
+        "seed": job.request.seed,
+        "images": [{"url": f"/v1/images/{result['file']}", "seed": result["seed"], "infotext": result["infotext"]}
+                   for result in job.results],
+        "error": job.error,
+    }
+
+
+async def _event_stream(service: Service, job_id: str):  # noqa: ANN202 - an async generator of SSE lines
+    """queued (with position) -> step i of n -> done | failed | cancelled, each sent when it changes; or, when the
+    server stops with the job queued, "stopping" (the job stays queued and runs after the restart)."""
+    last = None
+    while True:
+        job = service.store.get(job_id)
+        view = job_view(service, job)
+        if job.state == "queued" and service.worker.stopping:
+            yield f"event: stopping\ndata: {json.dumps({'detail': STOPPING_DETAIL})}\n\n"
+            return
+        event = ("queued", {"position": view["position"]}) if job.state == "queued" else \
+            ("progress", view["progress"]) if job.state == "running" else (job.state, view)
+        if event != last:
+            yield f"event: {event[0]}\ndata: {json.dumps(event[1])}\n\n"
+            last = event
+        if job.state in FINISHED:
+            return
+        await asyncio.sleep(0.1)
+
+
+def _existing(service: Service, job_id: str) -> Job:
+    job = service.store.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    return job
+
+
+def _authenticated(service: Service):  # noqa: ANN202 - a FastAPI dependency
+    """Bearer tokens (OpenAI's clients) and HTTP basic auth with the key as password (A1111's --api-auth)."""
+    key = service.settings.api_key
+
+    def check(request: Request) -> None:
+        if key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, credentials = header.partition(" ")
+        given = ""
+        if scheme.lower() == "bearer":
+            given = credentials.strip()
+        elif scheme.lower() == "basic":
+            try:
+                given = b64decode(credentials).decode().partition(":")[2]
+            except (ValueError, UnicodeDecodeError):
+                given = ""
+        if not hmac.compare_digest(given.encode(), key.encode()):
+            raise HTTPException(401, "a valid API key is needed (Authorization: Bearer KEY)",
+                                headers={"WWW-Authenticate": 'Bearer, Basic realm="imagegen"'})
+
+    return check
+
+
+def _limits(service: Service):  # noqa: ANN202 - a FastAPI middleware
+    """Body size, and the origin of browser requests: a web page elsewhere must not drive a server on localhost
+    (a browser sends Origin with cross-site requests; same-site pages and non-browser clients pass)."""
+
+    async def middleware(request: Request, call_next):  # noqa: ANN001, ANN202
+        origin = request.headers.get("origin")
+        if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+            return JSONResponse({"detail": f"requests from {origin} are not accepted"}, status_code=403)
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > service.settings.max_body_bytes:
+            return JSONResponse({"detail": f"request body over {service.settings.max_body_bytes} bytes"},
+                                status_code=413)
+        return await call_next(request)
+
+    return middleware
+
+
+async def _imagegen_error(request: Request, error: ImagegenError) -> JSONResponse:
+    status = 404 if isinstance(error, ModelNotFound) else 422
+    return JSONResponse({"detail": str(error)}, status_code=status)
+
+
+async def _server_stopping(request: Request, error: ServerStopping) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+async def _queue_full(request: Request, error: QueueFull) -> JSONResponse:
+    return JSONResponse({"detail": f"{error}; retry later"}, status_code=429,
+                        headers={"Retry-After": str(RETRY_AFTER_S)})

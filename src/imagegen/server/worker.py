@@ -1,0 +1,217 @@
+"""The one thread that owns the device: takes queued jobs in order, batches compatible ones, records results.
+
+Jobs of equal Engine.batch_key that wait next to each other in the queue run as one pipeline call (up to
+`max_batch` images); each keeps its own seed, so its images are those it would get alone. A failing call is
+retried job by job, so one bad job fails alone; the worker frees memory and goes on. Cancelling one job of a
+batch stops the call: that job is cancelled and the others go back to the queue at their place. A stop lets the
+running call finish within a grace period, else interrupts it and puts its jobs back: no job is ever lost.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagegen.errors import Cancelled, ImagegenError
+from imagegen.server.jobs import Job, JobStore
+from imagegen.server.metrics import Metrics
+
+log = logging.getLogger("imagegen.server")
+
+
+@dataclass
+class Progress:
+    """A running job's live state, as the APIs show it: the steps of its call (shared by the jobs of a batch)
+    and whether this job was asked to stop."""
+
+    done: int = 0
+    total: int = 0
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class Worker(threading.Thread):
+    def __init__(self, engine: Any, store: JobStore, images_dir: Path, metrics: Metrics, *, max_batch: int = 4,
+                 idle_wait: float = 0.5) -> None:
+        super().__init__(name="imagegen-worker", daemon=True)
+        self.engine, self.store, self.images_dir, self.metrics = engine, store, images_dir, metrics
+        self.max_batch, self.idle_wait = max_batch, idle_wait
+        self.running: dict[str, Progress] = {}  # job id -> live progress, read by the APIs
+        self.ready = threading.Event()
+        self._stopping = threading.Event()
+        self._deadline: float | None = None  # time.monotonic() past which a stopping worker interrupts its call
+        self._calling: set[str] = set()  # the jobs of the running call
+        self._interrupt = threading.Event()  # the running call's: set, it stops at its next step
+        self._lock = threading.Lock()  # running, _calling and _interrupt change together
+
+    @property
+    def stopping(self) -> bool:
+        """True once stop() was called: queued jobs wait for the next start."""
+        return self._stopping.is_set()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Take no new job. The running call may go on for `grace` seconds (None: until it ends); then it stops at
+        its next step and its jobs go back to the queue, to run again, with their seeds, at the next start.
+
+        Takes no lock, so that a signal handler may call it.
+        """
+        if grace is not None:
+            deadline = time.monotonic() + grace
+            self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
+        self._stopping.set()
+
+    def shutdown(self, grace: float | None = None) -> None:
+        """stop(grace), and return once the thread has ended."""
+        self.stop(grace)
+        with self.store.changed:
+            self.store.changed.notify_all()
+        if self.ident is not None:  # started
+            self.join()
+
+    def cancel(self, job_id: str) -> bool:
+        """Ask a running job to stop at its next step; False if it is not running."""
+        with self._lock:
+            progress = self.running.get(job_id)
+            if progress is None:
+                return False
+            progress.cancel.set()
+            if job_id in self._calling:
+                self._interrupt.set()
+        return True
+
+    def run(self) -> None:
+        requeued = self.store.requeue_interrupted()
+        if requeued:
+            log.warning("%d interrupted job(s) went back to the queue", requeued)
+        self.ready.set()
+        while not self._stopping.is_set():
+            try:
+                group = self._next_group()
+                if group:
+                    self._run_group(group)
+                else:
+                    self.store.wait_for_work(self.idle_wait)
+            except Exception:  # noqa: BLE001 - a database error must not end the server's only worker
+                log.exception("the worker's loop failed; it goes on")
+                time.sleep(self.idle_wait)
+
+    def _next_group(self) -> list[Job]:
+        """The first queued job and the compatible jobs right behind it, up to max_batch images (not started)."""
+        waiting = self.store.queued(limit=self.max_batch)
+        if not waiting:
+            return []
+        key = self._batch_key(waiting[0])
+        group, images = [waiting[0]], waiting[0].request.num_images
+        for job in waiting[1:]:
+            if key is None or self._batch_key(job) != key or images + job.request.num_images > self.max_batch:
+                break
+            group.append(job)
+            images += job.request.num_images
+        return group
+
+    def _batch_key(self, job: Job) -> Any:
+        try:
+            return self.engine.batch_key(job.request)
+        except Exception:  # noqa: BLE001 - e.g. a stored job whose recipe is gone: it runs alone and fails there
+            return None
+
+    def _run_group(self, group: list[Job]) -> None:
+        """Start the jobs (those not cancelled meanwhile) and run them in one call."""
+        if self._stopping.is_set():
+            return
+        self._register(group)
+        try:
+            started = set(self.store.start([job.id for job in group]))
+            if started:
+                self._call([job for job in group if job.id in started])
+        finally:
+            with self._lock:
+                for job in group:
+                    self.running.pop(job.id, None)
+                self._calling = set()
+
+    def _register(self, group: list[Job]) -> None:
+        """Make the jobs cancellable before they are marked running, so that no cancel falls in between; a job
+        asked to stop before its call starts stops at once."""
+        with self._lock:
+            live = [self.running.setdefault(job.id, Progress()) for job in group]
+            self._calling = {job.id for job in group}
+            self._interrupt = threading.Event()
+            if self._past_deadline() or any(progress.cancel.is_set() for progress in live):
+                self._interrupt.set()
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    def _call(self, group: list[Job]) -> None:
+        """One pipeline call for the group; each job ends done, failed, cancelled or back in the queue."""
+        started = time.perf_counter()
+        interrupt = self._interrupt
+        live = [self.running[job.id] for job in group]
+
+        def on_step(done: int, total: int) -> None:
+            for progress in live:
+                progress.done, progress.total = done, total
+            self.metrics.step_seconds.observe((time.perf_counter() - started) / max(done, 1))
+            if self._past_deadline():
+                interrupt.set()
+
+        try:
+            if interrupt.is_set():
+                raise Cancelled("interrupted before it started")
+            results = self.engine.generate_many([job.request for job in group], on_step=on_step, cancel=interrupt)
+        except Cancelled:
+            for job, progress in zip(group, live):
+                if progress.cancel.is_set():
+                    self.store.mark_cancelled(job.id)
+                    self.metrics.jobs.labels("cancelled").inc()
+                else:  # stopped for another job of its batch, or for a shutdown: it runs again
+                    self.store.requeue(job.id)
+            return
+        except Exception as error:  # noqa: BLE001 - whatever a job does, the worker goes on
+            self._recover(error)
+            if len(group) == 1:
+                self._fail(group[0], error)
+                return
+            for job in group:  # one job of the batch may be the cause: each runs alone
+                self._register([job])
+                self._call([job])
+            return
+        seconds = time.perf_counter() - started
+        for job, outputs in zip(group, results):
+            try:
+                self._finish(job, outputs, seconds)
+            except Exception as error:  # noqa: BLE001 - a full disk fails this job, not the worker
+                self._fail(job, error)
+
+    def _finish(self, job: Job, outputs: list[Any], seconds: float) -> None:
+        records = []
+        for index, output in enumerate(outputs):
+            path = output.save(self.images_dir / f"{job.id}-{index}")
+            records.append({"file": path.name, "seed": output.seed, "infotext": output.infotext})
+        self.store.finish(job.id, records)
+        self.metrics.jobs.labels("done").inc()
+        self.metrics.job_seconds.observe(seconds)
+        self.metrics.images.inc(len(outputs))
+
+    def _fail(self, job: Job, error: Exception) -> None:
+        message = str(error) if isinstance(error, ImagegenError) else f"{type(error).__name__}: {error}"
+        log.warning("job %s failed: %s", job.id, message)
+        self.store.fail(job.id, message[:2000])
+        self.metrics.jobs.labels("failed").inc()
+
+    @staticmethod
+    def _recover(error: Exception) -> None:
+        """Free what a failed call held (an out-of-memory error leaves cached blocks behind)."""
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass

@@ -1,0 +1,85 @@
+"""A real `imagegen serve` process on 127.0.0.1, with the built-in model and the tiny fixtures in its cache."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+API_KEY = "test-key-0123456789"
+
+
+@dataclass
+class Server:
+    url: str
+    data_dir: Path
+    process: subprocess.Popen
+    api_key: str | None
+
+    def client(self, **options) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **options)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(data_dir: Path, env: dict[str, str], *args: str, api_key: str | None = API_KEY,
+                 port: int | None = None) -> Server:
+    """Start `imagegen serve` and wait until /ready answers 200."""
+    port = port or free_port()
+    command = [sys.executable, "-m", "imagegen.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
+               "--device", "cpu", *(["--api-key", api_key] if api_key else []), *args]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"imagegen serve exited: {process.stdout.read()}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                return Server(url, data_dir, process, api_key)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("imagegen serve did not become ready in 60 s")
+
+
+def stop_server(server: Server) -> None:
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+
+
+@pytest.fixture(scope="session")
+def server_env(hf_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment the server process sees: the tiny models' cache, offline, a LoRA folder."""
+    from tiny_sd15 import write_loras
+
+    loras = tmp_path_factory.mktemp("server_loras")
+    write_loras(loras)
+    return {**os.environ, "HF_HUB_CACHE": str(hf_cache), "HF_HUB_OFFLINE": "1", "IMAGEGEN_LORA_DIR": str(loras),
+            "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="session")
+def server(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the tests that do not restart or reconfigure it."""
+    running = start_server(tmp_path_factory.mktemp("server_data"), server_env)
+    yield running
+    stop_server(running)
