@@ -138,3 +138,17 @@ def test_lora_errors_name_the_lora_and_load_nothing(engine, lora_folder, tmp_pat
         generate(engine, "sd15", loras=(LoraSpec(str(tmp_path / "foreign.safetensors")),))
     np.testing.assert_array_equal(pixels(generate(engine, "sd15")[0].image),
                                   pixels(generate(Engine(EngineOptions(device="cpu")), "sd15")[0].image))
+
+
+def test_a_lora_that_makes_nan_fails_instead_of_saving_black_images(engine, lora_folder, tmp_path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from imagegen.errors import InvalidOutput
+
+    tensors = load_file(lora_folder / "sd15_peft.safetensors")
+    save_file({key: torch.full_like(tensor, float("nan")) for key, tensor in tensors.items()},
+              tmp_path / "nan.safetensors")
+    with pytest.raises(InvalidOutput, match="NaN or infinite values"):
+        generate(engine, "sd15", loras=(LoraSpec(str(tmp_path / "nan.safetensors")),))
+    assert np.abs(pixels(generate(engine, "sd15")[0].image)).max() > 0  # the engine goes on, unharmed

@@ -11,15 +11,17 @@ import functools
 import inspect
 import math
 import threading
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from imagegen.components import ComponentStore, Precision
 from imagegen.devices import pick_device, pick_dtype
-from imagegen.errors import Cancelled, InvalidRequest, ModelNotFound
+from imagegen.errors import Cancelled, InvalidOutput, InvalidRequest, ModelNotFound
 from imagegen.loras import LoraLibrary
 from imagegen.loras import applied as applied_loras
 from imagegen.recipes import get_recipe
@@ -123,8 +125,9 @@ class Engine:
                         arguments = recipe.arguments(pipe, replace(first, num_images=per_prompt))
                         if len(resolved) > 1:
                             arguments["prompt"] = prompts
-                        outputs.append(pipe(**arguments, output_type="pil",
-                                            generator=[torch.Generator("cpu").manual_seed(s) for s in call_seeds]))
+                        with _nan_guard():
+                            outputs.append(pipe(**arguments, output_type="pil", generator=[
+                                torch.Generator("cpu").manual_seed(seed) for seed in call_seeds]))
             finally:
                 for slot, scheduler in recipe_schedulers.items():  # the cached pipeline never keeps a request's
                     _set_attribute(pipe, slot, scheduler)
@@ -198,6 +201,21 @@ class Engine:
 
 
 _TASK_PIPELINES = {"img2img": "AutoPipelineForImage2Image", "inpaint": "AutoPipelineForInpainting"}
+
+
+@contextmanager
+def _nan_guard() -> Iterator[None]:
+    """Fail a call whose images held NaN or infinite values, instead of returning black images.
+
+    diffusers turns such values into pixels with numpy's cast, which only warns ("invalid value encountered in
+    cast"); that warning is the one sign left once the images are PIL images.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        yield
+    if any(issubclass(w.category, RuntimeWarning) and "invalid value encountered" in str(w.message) for w in caught):
+        raise InvalidOutput("the model produced NaN or infinite values (a half-precision overflow, or a broken "
+                            "LoRA or model file); nothing was saved")
 
 
 class _Progress:

@@ -44,3 +44,9 @@ class Cancelled(ImagegenError):
     """Generation was cancelled between two denoising steps."""
 
     exit_code = 130
+
+
+class InvalidOutput(ImagegenError):
+    """The model produced no usable image: NaN or infinite values (half-precision overflow, a broken LoRA)."""
+
+    exit_code = 1

@@ -79,7 +79,8 @@ def test_samplers_models_and_options_round_trip(server) -> None:
     with server.client() as client:
         samplers = {sampler["name"]: sampler for sampler in client.get("/sdapi/v1/samplers").json()}
         models = client.get("/sdapi/v1/sd-models").json()
-        assert samplers["DPM++ 2M"]["options"]["schedule_types"] == ["Automatic", "Karras"]
+        assert samplers["DPM++ 2M"]["options"] == {"scheduler": "karras"}
+        assert all(isinstance(value, str) for sampler in samplers.values() for value in sampler["options"].values())
         assert "dpm++2m-karras" in samplers["DPM++ 2M"]["aliases"] and "Euler a" in samplers
         assert [scheduler["label"] for scheduler in client.get("/sdapi/v1/schedulers").json()] == \
             ["Automatic", "Karras"]

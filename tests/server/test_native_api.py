@@ -170,3 +170,62 @@ def test_one_server_per_data_folder(server, server_env) -> None:
                              str(server.data_dir)], env=server_env, capture_output=True, text=True, timeout=60,
                             check=False)
     assert result.returncode == 2 and "another imagegen server is using" in result.stderr
+
+
+def test_images_may_be_uploaded_as_files(server) -> None:
+    import io
+
+    start = io.BytesIO()
+    Image.effect_mandelbrot((64, 64), (-2, -1.5, 1, 1.5), 40).convert("RGB").save(start, format="PNG")
+    options = {"prompt": "a fox", "recipe": "sd15", "width": 64, "height": 64, "num_inference_steps": 2,
+               "strength": 0.5, "seed": 3}
+    with server.client() as client:
+        accepted = client.post("/v1/jobs", data={"options": json.dumps(options)},
+                               files={"init_image": ("start.png", start.getvalue(), "image/png")})
+        assert accepted.status_code == 202, accepted.text
+        job = wait_done(client, accepted.json()["id"])
+        assert job["state"] == "done" and "Denoising strength: 0.5" in job["images"][0]["infotext"]
+        assert not list((server.data_dir / "inputs").glob("*")), "a finished job's uploads are removed"
+        broken = client.post("/v1/jobs", data={"options": "{not json"})
+        assert broken.status_code == 422 and "not valid JSON" in broken.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"prompt": "a", "negative_prompt": 5}, "negative_prompt: Input should be a valid string"),
+        ({"prompt": "a", "loras": [3]}, "loras.0"),
+        ({"prompt": "a", "recipe": "sd15", "loras": [{"weight": 1}]}, "loras.0"),
+        ({"prompt": "a", "model": 5}, "model: Input should be a valid string"),
+        ({"prompt": "x <lora:nope:1>", "recipe": "sd15"}, "not in the server's LoRA folder"),
+        ({"prompt": "a", "recipe": "animatediff", "output_format": "frames"}, "cannot serve"),
+        ({"prompt": "a", "recipe": "sdxl-controlnet-canny", "controlnet": "/etc"}, "name a hub id"),
+    ],
+)
+def test_wrong_types_and_names_are_4xx_not_500(server, body, message) -> None:
+    with server.client() as client:
+        response = client.post("/v1/jobs", json=body)
+    assert response.status_code in (404, 422), response.text
+    assert message in response.json()["detail"]
+
+
+def test_a_refused_request_leaves_no_uploaded_file(server) -> None:
+    import base64
+    import io
+
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(png, format="PNG")
+    before = set((server.data_dir / "inputs").glob("*")) if (server.data_dir / "inputs").exists() else set()
+    with server.client() as client:
+        response = client.post("/v1/jobs", json={"prompt": "a", "recipe": "sd15", "width": 64, "height": 64,
+                                                 "init_image": base64.b64encode(png.getvalue()).decode(),
+                                                 "loras": ["missing"]})
+    assert response.status_code == 404
+    after = set((server.data_dir / "inputs").glob("*")) if (server.data_dir / "inputs").exists() else set()
+    assert after == before
+
+
+def test_origin_null_and_foreign_hosts_are_refused(server) -> None:
+    with server.client() as client:
+        assert client.post("/v1/jobs", json={"prompt": "7"}, headers={"Origin": "null"}).status_code == 403
+        assert client.get("/docs").status_code == 404 and client.get("/openapi.json").status_code == 404

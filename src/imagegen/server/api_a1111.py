@@ -116,12 +116,13 @@ def router(service: Service, auth: Depends) -> APIRouter:
 
     @api.get("/samplers")
     def samplers() -> list[dict[str, Any]]:
+        # A1111's SamplerItem.options is dict[str, str]; a sampler with a Karras variant says so as A1111 does.
         by_name: dict[str, dict[str, Any]] = {}
         for choice in SCHEDULERS.values():
-            entry = by_name.setdefault(choice.a1111_name, {"name": choice.a1111_name, "aliases": [],
-                                                           "options": {"schedule_types": []}})
+            entry = by_name.setdefault(choice.a1111_name, {"name": choice.a1111_name, "aliases": [], "options": {}})
             entry["aliases"].append(choice.name)
-            entry["options"]["schedule_types"].append(choice.a1111_schedule or AUTOMATIC)
+            if choice.a1111_schedule:
+                entry["options"]["scheduler"] = choice.a1111_schedule.lower()
         return list(by_name.values())
 
     @api.get("/schedulers")

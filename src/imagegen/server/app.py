@@ -13,23 +13,60 @@ from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.datastructures import UploadFile
 
-from imagegen.errors import ImagegenError, ModelNotFound
+from imagegen.errors import ImagegenError, InvalidRequest, ModelNotFound
 from imagegen.server.jobs import FINISHED, Job, QueueFull
-from imagegen.server.service import ServerStopping, Service
+from imagegen.server.service import IMAGE_FIELDS, ServerStopping, Service
 
 RETRY_AFTER_S = 5
 STOPPING_DETAIL = "the server is shutting down; the job stays queued and runs after the restart"
 _OPEN_PATHS = ("/health", "/ready")
 
 
+class LoraItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    weight: float = 1.0
+
+
 class JobBody(BaseModel):
-    """POST /v1/jobs: GenerationRequest's options by name; images as base64; LoRAs as "name:weight" or objects."""
+    """POST /v1/jobs: GenerationRequest's options by name; images as base64; LoRAs as "name:weight" or objects.
+
+    Other names pass through, so that the answer can list every unknown option at once.
+    """
 
     model_config = ConfigDict(extra="allow")
     prompt: str = ""
     recipe: str | None = None
+    negative_prompt: str | None = None
+    seed: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    width: int | None = None
+    height: int | None = None
+    num_images: int = 1
+    scheduler: str | None = None
+    model: str | None = None
+    output_format: str | None = None
+    init_image: str | None = None
+    mask_image: str | None = None
+    control_image: str | None = None
+    strength: float | None = None
+    loras: list[str | LoraItem] | None = None
+    control_is_edges: bool = False
+    controlnet: str | None = None
+    controlnet_conditioning_scale: float | None = None
+    canny_low: int | None = None
+    canny_high: int | None = None
+    decoder_steps: int | None = None
+    decoder_guidance_scale: float | None = None
+    num_frames: int | None = None
+    fps: int | None = None
+    decode_chunk_size: int | None = None
+    motion_bucket_id: int | None = None
+    noise_aug_strength: float | None = None
 
 
 def create_app(service: Service) -> FastAPI:
@@ -40,9 +77,11 @@ def create_app(service: Service) -> FastAPI:
         # The running call finishes within the grace, else it stops and its jobs go back to the queue.
         await asyncio.to_thread(service.worker.shutdown, service.settings.shutdown_grace_s)
 
-    app = FastAPI(title="imagegen", lifespan=lifespan)
+    # No /docs, /redoc or /openapi.json: Swagger's page loads from a CDN, and the schema is not the key-free kind.
+    app = FastAPI(title="imagegen", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
     app.middleware("http")(_limits(service))
+    app.add_middleware(BodyLimit, limit=service.settings.max_body_bytes)
     app.exception_handler(ImagegenError)(_imagegen_error)
     app.exception_handler(QueueFull)(_queue_full)
     app.exception_handler(ServerStopping)(_server_stopping)
@@ -77,8 +116,11 @@ def create_app(service: Service) -> FastAPI:
                 for recipe in RECIPES.values()]
 
     @app.post("/v1/jobs", status_code=202, dependencies=[auth])
-    def submit(body: JobBody) -> dict[str, Any]:
-        job = service.submit(service.request_from_options(body.model_dump()))
+    async def submit(request: Request) -> dict[str, Any]:
+        """A JSON body (images as base64), or multipart/form-data: an `options` field holding that JSON and
+        the images as files named init_image, mask_image, control_image."""
+        options = await _job_options(request)
+        job = await asyncio.to_thread(lambda: service.submit(service.request_from_options(options)))
         return job_view(service, job)
 
     @app.get("/v1/jobs", dependencies=[auth])
@@ -152,6 +194,24 @@ async def _event_stream(service: Service, job_id: str):  # noqa: ANN202 - an asy
         await asyncio.sleep(0.1)
 
 
+async def _job_options(request: Request) -> dict[str, Any]:
+    try:
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form()
+            options = json.loads(form.get("options") or "{}")
+            uploads = {name: await form[name].read() for name in IMAGE_FIELDS if isinstance(form.get(name), UploadFile)}
+        else:
+            options, uploads = await request.json(), {}
+        if not isinstance(options, dict):
+            raise InvalidRequest("the job options must be a JSON object")
+        return {**JobBody.model_validate(options).model_dump(exclude_unset=True), **uploads}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidRequest("the body is not valid JSON (or the form's `options` field is not)") from None
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise InvalidRequest(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
 def _existing(service: Service, job_id: str) -> Job:
     job = service.store.get(job_id)
     if job is None:
@@ -189,8 +249,12 @@ def _limits(service: Service):  # noqa: ANN202 - a FastAPI middleware
 
     async def middleware(request: Request, call_next):  # noqa: ANN001, ANN202
         origin = request.headers.get("origin")
-        if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+        host = request.headers.get("host", "")
+        if origin and urlsplit(origin).netloc != host:  # "null" (sandboxed frames) included
             return JSONResponse({"detail": f"requests from {origin} are not accepted"}, status_code=403)
+        if service.settings.api_key is None and urlsplit(f"//{host}").hostname not in _local_names(service):
+            # Without a key, a browser is the only gate: DNS rebinding makes another site's name point here.
+            return JSONResponse({"detail": f"host {host!r} is not this server's name"}, status_code=403)
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > service.settings.max_body_bytes:
             return JSONResponse({"detail": f"request body over {service.settings.max_body_bytes} bytes"},
@@ -198,6 +262,40 @@ def _limits(service: Service):  # noqa: ANN202 - a FastAPI middleware
         return await call_next(request)
 
     return middleware
+
+
+def _local_names(service: Service) -> set[str]:
+    return {"localhost", "127.0.0.1", "::1", service.settings.host}
+
+
+class BodyLimit:
+    """413 once a body grows past the limit, counted as it arrives: a chunked upload has no Content-Length, and
+    FastAPI would read a body whole before checking the API key."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        received = 0
+
+        async def counted() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await JSONResponse({"detail": f"request body over {self.limit} bytes"}, status_code=413)(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
 
 
 async def _imagegen_error(request: Request, error: ImagegenError) -> JSONResponse:

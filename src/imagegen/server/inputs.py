@@ -55,6 +55,16 @@ def checked_model(value: str, models_dir: Path | None) -> str:
             if not candidate.is_relative_to(models_dir.resolve()):
                 raise InvalidRequest(f"model {value!r} leads out of the server's models folder")
             return str(candidate)
-    if _HUB_ID.match(value) and ".." not in value.split("/"):
+    # The engine tries a local path before a hub id: a hub id that names something here (relative to the
+    # server's working directory) would load that instead.
+    if _HUB_ID.match(value) and ".." not in value.split("/") and not Path(value).exists():
         return value
     raise InvalidRequest(f"model {value!r}: name a hub id (org/name) or a model in the server's models folder")
+
+
+def discard_inputs(*paths: str | None) -> None:
+    """Remove uploaded images once nothing needs them: the request was refused, or its job ended (a job that
+    may still run again after a crash keeps them)."""
+    for path in paths:
+        if path:
+            Path(path).unlink(missing_ok=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from imagegen.lora_tags import LoraSpec
 from imagegen.loras import find_lora_file
 from imagegen.recipes import DEFAULT_RECIPE, get_recipe
 from imagegen.request import GenerationRequest
-from imagegen.server.inputs import checked_model, store_image
+from imagegen.server.inputs import checked_model, discard_inputs, store_image
 from imagegen.server.jobs import FINISHED, Job, JobStore
 from imagegen.server.metrics import Metrics
 from imagegen.server.worker import Worker
@@ -60,28 +60,41 @@ class Service:
         self.worker = Worker(engine, self.store, settings.images_dir, self.metrics, max_batch=settings.max_batch)
 
     def request_from_options(self, options: dict[str, Any]) -> GenerationRequest:
-        """A resolved request from an API's options (GenerationRequest's names); images are base64.
+        """A resolved request from an API's options (GenerationRequest's names); images are base64 or bytes.
 
         Resolving here draws the seed and checks every limit before the job is accepted, so that a job that
-        runs again after a crash gives the same images, and a bad request is a 4xx, not a failed job.
+        runs again after a crash gives the same images, and a bad request is a 4xx, not a failed job. Uploaded
+        images are stored only once everything else passed, and removed again if the request is refused.
         """
         unknown = sorted(set(options) - _OPTIONS - {"prompt", "recipe", "loras", *IMAGE_FIELDS})
         if unknown:
             raise InvalidRequest(f"unknown option(s): {', '.join(unknown)}")
         recipe = get_recipe(options.get("recipe") or DEFAULT_RECIPE)
-        images = {name: store_image(options[name], self.settings.inputs_dir, what=name.replace("_", " "))
-                  for name in IMAGE_FIELDS if options.get(name)}
         loras = tuple(LoraSpec.parse(lora) if isinstance(lora, str) else LoraSpec(lora["name"], lora.get("weight", 1.0))
                       for lora in options.get("loras") or ())
-        for lora in loras:
-            find_lora_file(lora.name, names_only=True)  # a missing or out-of-folder LoRA is refused now
         given = {name: value for name, value in options.items() if name in _OPTIONS and value is not None}
-        if given.get("model"):
-            given["model"] = checked_model(given["model"], self.settings.models_dir)
-        request = GenerationRequest(prompt=options.get("prompt") or "", recipe=recipe.name, loras=loras,
-                                    **images, **given)
+        for name in ("model", "controlnet"):  # the two options that name models
+            if given.get(name):
+                given[name] = checked_model(given[name], self.settings.models_dir)
+        if given.get("output_format") == "frames":
+            raise InvalidRequest("output format frames writes a folder, which the server cannot serve: "
+                                 "choose mp4, gif or webp")
+        uploads = [name for name in IMAGE_FIELDS if options.get(name)]
+        request = GenerationRequest(prompt=options.get("prompt") or "", recipe=recipe.name, loras=loras, **given,
+                                    **{name: "(upload)" for name in uploads})  # stored once the rest is valid
         request.validate()
-        return request.resolve(recipe)
+        stored: list[str] = []
+        try:
+            for name in uploads:
+                stored.append(store_image(options[name], self.settings.inputs_dir, what=name.replace("_", " ")))
+                request = replace(request, **{name: stored[-1]})
+            resolved = request.resolve(recipe)
+            for lora in resolved.loras:  # the prompt's <lora:...> tags included
+                find_lora_file(lora.name, names_only=True)  # a missing or out-of-folder LoRA is refused now
+        except Exception:
+            discard_inputs(*stored)
+            raise
+        return resolved
 
     def submit(self, request: GenerationRequest) -> Job:
         return self.store.add(request)
@@ -93,6 +106,9 @@ class Service:
 
     def cancel(self, job_id: str) -> str | None:
         state = self.store.cancel(job_id)
+        if state == "cancelled":
+            job = self.store.get(job_id)
+            discard_inputs(*(getattr(job.request, name) for name in IMAGE_FIELDS))
         if state == "running":
             self.worker.cancel(job_id)
         return state
@@ -117,4 +133,5 @@ class Service:
             return None
         path = self.settings.images_dir / name
         return path if path.is_file() else None
+
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from imagegen.errors import Cancelled, ImagegenError
+from imagegen.server.inputs import discard_inputs
 from imagegen.server.jobs import Job, JobStore
 from imagegen.server.metrics import Metrics
 
@@ -168,6 +169,7 @@ class Worker(threading.Thread):
             for job, progress in zip(group, live):
                 if progress.cancel.is_set():
                     self.store.mark_cancelled(job.id)
+                    _discard_inputs(job)
                     self.metrics.jobs.labels("cancelled").inc()
                 else:  # stopped for another job of its batch, or for a shutdown: it runs again
                     self.store.requeue(job.id)
@@ -194,6 +196,7 @@ class Worker(threading.Thread):
             path = output.save(self.images_dir / f"{job.id}-{index}")
             records.append({"file": path.name, "seed": output.seed, "infotext": output.infotext})
         self.store.finish(job.id, records)
+        _discard_inputs(job)
         self.metrics.jobs.labels("done").inc()
         self.metrics.job_seconds.observe(seconds)
         self.metrics.images.inc(len(outputs))
@@ -202,6 +205,7 @@ class Worker(threading.Thread):
         message = str(error) if isinstance(error, ImagegenError) else f"{type(error).__name__}: {error}"
         log.warning("job %s failed: %s", job.id, message)
         self.store.fail(job.id, message[:2000])
+        _discard_inputs(job)
         self.metrics.jobs.labels("failed").inc()
 
     @staticmethod
@@ -215,3 +219,7 @@ class Worker(threading.Thread):
                 torch.cuda.empty_cache()
         except ImportError:
             pass
+
+
+def _discard_inputs(job: Job) -> None:
+    discard_inputs(job.request.init_image, job.request.mask_image, job.request.control_image)
