@@ -7,16 +7,17 @@ import hmac
 import json
 from base64 import b64decode
 from contextlib import asynccontextmanager
-from dataclasses import asdict
-from typing import Any
+from dataclasses import asdict, fields
+from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from starlette.datastructures import UploadFile
 
 from imagegen.errors import ImagegenError, InvalidRequest, ModelNotFound
+from imagegen.request import GenerationRequest
 from imagegen.server.jobs import FINISHED, Job, QueueFull
 from imagegen.server.service import IMAGE_FIELDS, ServerStopping, Service
 
@@ -31,42 +32,17 @@ class LoraItem(BaseModel):
     weight: float = 1.0
 
 
-class JobBody(BaseModel):
-    """POST /v1/jobs: GenerationRequest's options by name; images as base64; LoRAs as "name:weight" or objects.
+def _job_body() -> type[BaseModel]:
+    """POST /v1/jobs: GenerationRequest's options by name, with its types (derived, so the two never drift);
+    images as base64; LoRAs as "name:weight" or {name, weight}. Other names pass through, so that the answer can
+    list every unknown option at once."""
+    hints = get_type_hints(GenerationRequest)
+    options: dict[str, Any] = {f.name: (hints[f.name], f.default) for f in fields(GenerationRequest)}
+    options.update(prompt=(str, ""), recipe=(str | None, None), loras=(list[str | LoraItem] | None, None))
+    return create_model("JobBody", __config__=ConfigDict(extra="allow"), **options)
 
-    Other names pass through, so that the answer can list every unknown option at once.
-    """
 
-    model_config = ConfigDict(extra="allow")
-    prompt: str = ""
-    recipe: str | None = None
-    negative_prompt: str | None = None
-    seed: int | None = None
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    width: int | None = None
-    height: int | None = None
-    num_images: int = 1
-    scheduler: str | None = None
-    model: str | None = None
-    output_format: str | None = None
-    init_image: str | None = None
-    mask_image: str | None = None
-    control_image: str | None = None
-    strength: float | None = None
-    loras: list[str | LoraItem] | None = None
-    control_is_edges: bool = False
-    controlnet: str | None = None
-    controlnet_conditioning_scale: float | None = None
-    canny_low: int | None = None
-    canny_high: int | None = None
-    decoder_steps: int | None = None
-    decoder_guidance_scale: float | None = None
-    num_frames: int | None = None
-    fps: int | None = None
-    decode_chunk_size: int | None = None
-    motion_bucket_id: int | None = None
-    noise_aug_strength: float | None = None
+JobBody = _job_body()
 
 
 def create_app(service: Service) -> FastAPI:
