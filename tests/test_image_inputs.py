@@ -103,3 +103,13 @@ def test_a_scheduler_chosen_for_one_request_does_not_stick(engine, inputs) -> No
 
     fresh = Engine(EngineOptions(device="cpu")).generate(img2img)[0]
     np.testing.assert_array_equal(pixels(after_ddim.image), pixels(fresh.image))
+
+
+def test_turbo_img2img_takes_its_model_cards_defaults(engine, inputs) -> None:
+    """SDXL-Turbo's card: img2img at 2 steps x strength 0.5 (1 step at 0.75 would denoise for no step)."""
+    init = inputs[0]
+    ours = engine.generate(GenerationRequest(prompt=PROMPT, recipe="sdxl-turbo", seed=6, width=64, height=64,
+                                             init_image=str(init)))
+    assert (ours[0].request.num_inference_steps, ours[0].request.strength) == (2, 0.5)
+    reference = seed_reference.sdxl_turbo_img2img(PROMPT, Image.open(init).convert("RGB").resize((64, 64)), seed=6)
+    np.testing.assert_array_equal(np.asarray(ours[0].image), np.asarray(reference[0]))

@@ -103,6 +103,7 @@ class GenerationRequest:
             width, height = width or fitted[0], height or fitted[1]
         if self.init_image is not None and recipe.image_conditioned:
             image_size(self.init_image, what="input image")
+        img2img = self.init_image is not None and recipe.image_inputs
         prompt, tagged = split_lora_tags(self.prompt) if isinstance(self.prompt, str) else (self.prompt, ())
         filled = replace(
             self,
@@ -110,12 +111,12 @@ class GenerationRequest:
             loras=(*self.loras, *tagged),
             negative_prompt=d.negative_prompt if self.negative_prompt is None else self.negative_prompt,
             seed=secrets.randbelow(MAX_SEED + 1) if self.seed is None else self.seed,
-            num_inference_steps=d.num_inference_steps if self.num_inference_steps is None else self.num_inference_steps,
+            num_inference_steps=(d.img2img_steps if img2img and d.img2img_steps else d.num_inference_steps)
+            if self.num_inference_steps is None else self.num_inference_steps,
             guidance_scale=d.guidance_scale if self.guidance_scale is None else self.guidance_scale,
             width=d.width if width is None else width,
             height=d.height if height is None else height,
-            strength=DEFAULT_STRENGTH if self.strength is None and self.init_image is not None and recipe.image_inputs
-            else self.strength,
+            strength=(d.img2img_strength or DEFAULT_STRENGTH) if self.strength is None and img2img else self.strength,
             output_format=self.output_format or ("mp4" if recipe.video else "png"),
             **_fill(self, d, *STAGE_OPTIONS),
         )

@@ -37,6 +37,10 @@ class Defaults:
     decode_chunk_size: int | None = None
     motion_bucket_id: int | None = None
     noise_aug_strength: float | None = None
+    # img2img and inpainting, where they differ (SDXL-Turbo's model card: 2 steps x strength 0.5, since one step
+    # at A1111's strength 0.75 would denoise for no step at all)
+    img2img_steps: int | None = None
+    img2img_strength: float | None = None
 
 
 class BuildContext(Protocol):

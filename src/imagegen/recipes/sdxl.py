@@ -59,7 +59,8 @@ SDXL_TURBO_RECIPE = Recipe(
     summary="SDXL-Turbo: adversarial diffusion distillation, 1 step",
     models={"base": SDXL_TURBO},
     # ADD trains the student to match the teacher in one step without classifier-free guidance (guidance 0).
-    defaults=Defaults(num_inference_steps=1, guidance_scale=0.0, width=512, height=512),
+    defaults=Defaults(num_inference_steps=1, guidance_scale=0.0, width=512, height=512, img2img_steps=2,
+                      img2img_strength=0.5),
     build=_whole_pipeline,
     image_inputs=True,
     takes_loras=True,
