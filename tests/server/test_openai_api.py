@@ -151,3 +151,9 @@ def test_a_full_queue_is_a_rate_limit_error_with_retry_after(server_env, tmp_pat
         busy.process.wait()
     assert raised.value.response.headers["retry-after"].isdigit()
     assert (raised.value.body["type"], raised.value.body["code"]) == ("rate_limit_error", "queue_full")
+
+
+def test_the_model_list_names_the_image_recipes(server) -> None:
+    names = [model.id for model in openai_client(server).models.list()]
+    assert names == [name for name, recipe in RECIPES.items() if not recipe.video]
+    assert DEFAULT_RECIPE in names and "svd" not in names

@@ -19,6 +19,7 @@ What a caller may rely on, where we differ from OpenAI or had to choose:
   `negative_prompt`, `num_inference_steps`, `guidance_scale`. Any other field is a 400, as OpenAI answers one.
 - `revised_prompt` is the prompt the image was made from (LoRA tags taken out); the response also has `size` and
   `output_format`, and the job's id is in the `X-Imagegen-Job` header.
+- `GET /v1/models` lists the image recipes as OpenAI models (`client.models.list()`).
 - Errors have OpenAI's shape `{"error": {"message", "type", "param", "code"}}`: 400 `invalid_request_error`
   (`param` names the field at fault where we know it), 401 `invalid_api_key`, 429 `rate_limit_error` with
   Retry-After when the queue is full (OpenAI's client waits and retries), 500 `server_error` when the job failed
@@ -149,6 +150,12 @@ def router(service: Service, auth: Depends) -> APIRouter:
         finished = await service.wait(job.id)
         content = await asyncio.to_thread(images_response, service, finished, response_format, str(request.base_url))
         return JSONResponse(content, headers={"X-Imagegen-Job": job.id})
+
+    @api.get("/v1/models")
+    def models() -> dict[str, Any]:
+        """OpenAI's model list, which tools read to fill their model menus: the recipes that make images."""
+        return {"object": "list", "data": [{"id": recipe.name, "object": "model", "created": 0, "owned_by": "imagegen"}
+                                           for recipe in RECIPES.values() if not recipe.video]}
 
     return api
 
