@@ -11,10 +11,17 @@ from pathlib import Path
 
 from imagegen import __version__
 from imagegen.errors import ImagegenError, InvalidRequest
-from imagegen.request import MAX_IMAGES, OUTPUT_FORMATS, VIDEO_FORMATS, GenerationRequest
+from imagegen.request import (
+    IMAGE_SUFFIXES,
+    MAX_IMAGES,
+    OUTPUT_FORMATS,
+    VIDEO_FORMATS,
+    VIDEO_SUFFIXES,
+    GenerationRequest,
+    suffix_for,
+)
 
-# Output suffixes and the formats they mean (.webp is a still image or an animation, by the recipe).
-OUTPUT_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".mp4": "mp4", ".gif": "gif"}
+OUTPUT_SUFFIXES = {**IMAGE_SUFFIXES, **VIDEO_SUFFIXES}  # .webp is a still image or an animation, by the recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,7 +259,7 @@ def check_output_target(target: Path) -> None:
 def output_paths(target: Path, count: int, output_format: str, seeds: list[int]) -> list[Path]:
     """Where each result goes: a file path as given (numbered when several), or new numbered files in a folder
     (a video's frames format: new numbered folders)."""
-    suffix = {"jpeg": ".jpg", "frames": ""}.get(output_format, f".{output_format}")
+    suffix = suffix_for(output_format)
     if target.suffix.lower() in OUTPUT_SUFFIXES:
         if count == 1:
             return [target]
@@ -281,7 +288,7 @@ def _recipes(args: argparse.Namespace) -> int:
 
 def read_parameters(path: Path) -> str | None:
     """The infotext of an image, a video file or a folder of video frames."""
-    if path.is_dir() or path.suffix.lower() in (".mp4", ".gif"):
+    if path.is_dir() or path.suffix.lower() in set(VIDEO_SUFFIXES) - set(IMAGE_SUFFIXES):
         from imagegen.video_files import read_video_infotext
 
         return read_video_infotext(path)

@@ -118,13 +118,14 @@ class Engine:
                 _set_attribute(pipe, slot, scheduler)
             try:
                 with applied_loras(pipe, loras):
+                    # Built once (it reads input images, computes Canny edges): the same for every call. Several
+                    # requests give one prompt per image, so num_images_per_prompt is then 1.
+                    arguments = recipe.arguments(pipe, replace(first, num_images=len(calls[0])
+                                                               if len(resolved) == 1 else 1))
+                    if len(resolved) > 1:
+                        arguments["prompt"] = prompts
                     outputs = []
                     for call_seeds in calls:
-                        # Several requests: one prompt per image, so num_images_per_prompt is 1.
-                        per_prompt = 1 if len(resolved) > 1 else len(call_seeds)
-                        arguments = recipe.arguments(pipe, replace(first, num_images=per_prompt))
-                        if len(resolved) > 1:
-                            arguments["prompt"] = prompts
                         with _nan_guard():
                             outputs.append(pipe(**arguments, output_type="pil", generator=[
                                 torch.Generator("cpu").manual_seed(seed) for seed in call_seeds]))

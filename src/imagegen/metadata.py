@@ -25,11 +25,10 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from imagegen.errors import InvalidImage
+from imagegen.request import IMAGE_SUFFIXES, suffix_for
 
 SUPPORTED_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
 
-_SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
-_FORMAT_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 _NEGATIVE_LABEL = "Negative prompt:"
@@ -220,12 +219,12 @@ def _unquote(value: str) -> str:
 def _resolve_format(path: Path, image_format: str | None) -> tuple[str, Path]:
     """The format to write and the path to write it to."""
     allowed = ", ".join(SUPPORTED_FORMATS)
-    suffix_format = _SUFFIX_FORMATS.get(path.suffix.lower())
+    suffix_format = IMAGE_SUFFIXES.get(path.suffix.lower())
     if image_format is None:
         if suffix_format is None:
             raise ValueError(
                 f"cannot tell the image format of {path}: give it a suffix"
-                f" ({', '.join(_SUFFIX_FORMATS)}) or pass image_format, one of {allowed}"
+                f" ({', '.join(IMAGE_SUFFIXES)}) or pass image_format, one of {allowed}"
             )
         return suffix_format, path
 
@@ -233,7 +232,7 @@ def _resolve_format(path: Path, image_format: str | None) -> tuple[str, Path]:
     if wanted not in SUPPORTED_FORMATS:
         raise ValueError(f"unknown image format {image_format!r}; choose one of {allowed}")
     if suffix_format is None:
-        return wanted, path.with_name(path.name + _FORMAT_SUFFIXES[wanted])
+        return wanted, path.with_name(path.name + suffix_for(wanted))
     if suffix_format != wanted:
         raise ValueError(f"{path} has the suffix of {suffix_format}, but image_format is {wanted}")
     return wanted, path

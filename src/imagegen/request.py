@@ -26,6 +26,8 @@ MAX_PROMPT_CHARS = 10_000
 MAX_SEED = 2**32 - 1  # A1111's range; seed + i for image i stays far below torch's 2**64 limit
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 VIDEO_FORMATS = ("mp4", "gif", "webp", "frames")  # "frames": a folder of PNGs
+IMAGE_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+VIDEO_SUFFIXES = {".mp4": "mp4", ".gif": "gif", ".webp": "webp"}  # .webp: a still image or an animation
 MAX_FRAMES = 64
 MAX_FPS = 60
 MAX_VIDEO_PIXELS = 1024 * 576 * 64  # width x height x frames: SVD-XT's size at 64 frames
@@ -205,6 +207,11 @@ def _check_int(name: str, value: object, low: int, high: int) -> None:
         raise InvalidRequest(f"{name} must be a whole number, got {value!r}")
     if not low <= value <= high:
         raise InvalidRequest(f"{name} must be between {low} and {high}, got {value}")
+
+
+def suffix_for(output_format: str) -> str:
+    """The file suffix a result in `output_format` is written with ("" for a folder of frames)."""
+    return {"jpeg": ".jpg", "frames": ""}.get(output_format, f".{output_format}")
 
 
 def _check_number(name: str, value: object, low: float, high: float) -> None:

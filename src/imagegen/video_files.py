@@ -30,12 +30,11 @@ from PIL import Image, ImageSequence
 
 from imagegen.errors import InvalidImage, InvalidRequest, OutputError
 from imagegen.metadata import exif_with_user_comment, read_infotext, save_image, write_aside
-from imagegen.request import MAX_GIF_FPS, VIDEO_FORMATS
+from imagegen.request import MAX_GIF_FPS, VIDEO_FORMATS, VIDEO_SUFFIXES
 
 if TYPE_CHECKING:
     import numpy
 
-VIDEO_SUFFIXES = {".mp4": "mp4", ".gif": "gif", ".webp": "webp"}
 
 FRAMES_SIDECAR = "frames.json"
 _FRAME_NAME = "frame_{index:05d}.png"

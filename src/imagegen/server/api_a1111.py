@@ -28,7 +28,6 @@ memory: a restart returns to the default recipe.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 from dataclasses import dataclass
@@ -276,10 +275,10 @@ def _recipe_for(checkpoint: object) -> Recipe:
 def _encoded_images(service: Service, job: Job) -> list[str]:
     images = []
     for result in job.results:
-        path = service.image_path(result["file"])
-        if path is None:
+        encoded = service.encoded_image(result["file"])
+        if encoded is None:
             raise FileNotFoundError(f"image {result['file']} of job {job.id} is gone from the images folder")
-        images.append(base64.b64encode(path.read_bytes()).decode())
+        images.append(encoded)
     return images
 
 

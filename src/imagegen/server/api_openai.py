@@ -31,7 +31,6 @@ What a caller may rely on, where we differ from OpenAI or had to choose:
 from __future__ import annotations
 
 import asyncio
-import base64
 import re
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -214,11 +213,11 @@ def images_response(service: Service, job: Job, response_format: str, base_url: 
         if response_format == "url":
             image = {"url": f"{base_url}v1/images/{result['file']}"}
         else:
-            path = service.image_path(result["file"])
-            if path is None:
+            encoded = service.encoded_image(result["file"])
+            if encoded is None:
                 raise OpenAIError(500, f"image {result['file']} of job {job.id} is gone", kind="server_error",
                                   headers={"x-should-retry": "false"})
-            image = {"b64_json": base64.b64encode(path.read_bytes()).decode()}
+            image = {"b64_json": encoded}
         data.append({**image, "revised_prompt": job.request.prompt})
     return {"created": int(job.finished or job.created), "data": data,
             "size": f"{job.request.width}x{job.request.height}", "output_format": job.request.output_format}

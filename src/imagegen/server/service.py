@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,11 @@ class Service:
             if job.state == "queued" and self.worker.stopping and self.store.cancel(job_id) == "cancelled":
                 raise ServerStopping("the server is shutting down; retry later")
             await asyncio.sleep(poll)
+
+    def encoded_image(self, name: str) -> str | None:
+        """A result file as base64 (the OpenAI and A1111 APIs return images inline); None if it is gone."""
+        path = self.image_path(name)
+        return None if path is None else base64.b64encode(path.read_bytes()).decode()
 
     def image_path(self, name: str) -> Path | None:
         """A result file by name, never outside the images folder."""
