@@ -85,7 +85,7 @@ def load_pipeline(model: Path, device: str = "cpu") -> Any:
     """The folder's transformer and scheduler in PixelDiTPipeline, as the digits recipe assembles them."""
     from imagegen.builtin.dit_model import DiT
     from imagegen.builtin.dpm_solver import DPMSolverPlusPlus2M
-    from imagegen.class_conditional import PixelDiTPipeline
+    from imagegen.pipelines.class_conditional import PixelDiTPipeline
 
     transformer = DiT.from_pretrained(model / "transformer").to(device)
     scheduler = DPMSolverPlusPlus2M.from_pretrained(model / "scheduler")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imagegen.class_conditional import draw_noise, labels_from
+from imagegen.pipelines.class_conditional import draw_noise, labels_from
 
 
 @pytest.mark.parametrize("count", [1, 3])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from imagegen.grid import make_grid
+from imagegen.outputs.grid import make_grid
 
 
 @pytest.mark.parametrize(("count", "size"), [(1, (8, 8)), (4, (16, 16)), (6, (24, 16)), (16, (32, 32))])

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from imagegen.errors import InvalidRequest
-from imagegen.lora_tags import LoraSpec, split_lora_tags
+from imagegen.prompts.lora_tags import LoraSpec, split_lora_tags
 
 
 @pytest.mark.parametrize(

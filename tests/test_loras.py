@@ -11,9 +11,9 @@ from tiny_sd15 import SD15, write_loras
 
 from imagegen.engine import Engine, EngineOptions
 from imagegen.errors import ModelNotFound, UnsafeWeights
-from imagegen.lora_tags import LoraSpec
-from imagegen.loras import short_hash
-from imagegen.metadata import parse_infotext
+from imagegen.prompts.lora_tags import LoraSpec
+from imagegen.models.loras import short_hash
+from imagegen.outputs.metadata import parse_infotext
 from imagegen.parameters import request_from_infotext
 from imagegen.request import GenerationRequest
 

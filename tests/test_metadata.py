@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from imagegen.errors import InvalidImage
-from imagegen.metadata import (
+from imagegen.outputs.metadata import (
     Infotext,
     format_infotext,
     parse_infotext,

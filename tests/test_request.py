@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from imagegen.errors import InvalidRequest
-from imagegen.lora_tags import LoraSpec
+from imagegen.prompts.lora_tags import LoraSpec
 from imagegen.recipes import get_recipe
 from imagegen.request import MAX_IMAGES, MAX_SEED, GenerationRequest
 

@@ -12,7 +12,7 @@ from tiny_models import SDXL_TURBO, snapshot_path, write_modelscope_copy
 from imagegen.engine import Engine, EngineOptions
 from imagegen.errors import ModelNotFound, UnsafeWeights
 from imagegen.request import GenerationRequest
-from imagegen.sources import LocalModel, ModelRef, locate, parse_model_argument
+from imagegen.models.sources import LocalModel, ModelRef, locate, parse_model_argument
 
 TURBO = {"prompt": "a lighthouse", "recipe": "sdxl-turbo", "seed": 3, "width": 64, "height": 64}
 

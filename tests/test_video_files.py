@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from imagegen.errors import InvalidImage, InvalidRequest, OutputError
-from imagegen.metadata import read_infotext
-from imagegen.video_files import probe_video, read_video_infotext, save_video
+from imagegen.outputs.metadata import read_infotext
+from imagegen.outputs.video_files import probe_video, read_video_infotext, save_video
 
 needs_av = pytest.mark.skipif(importlib.util.find_spec("av") is None, reason="MP4 needs the video extra (PyAV)")
 
@@ -236,7 +236,7 @@ def test_missing_and_unknown_paths_are_invalid_images(tmp_path: Path) -> None:
 
 
 def test_importing_the_module_loads_no_video_library() -> None:
-    code = "import sys, imagegen.video_files; print('av' in sys.modules, 'numpy' in sys.modules)"
+    code = "import sys, imagegen.outputs.video_files; print('av' in sys.modules, 'numpy' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     assert result.stdout.split() == ["False", "False"]

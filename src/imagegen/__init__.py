@@ -8,11 +8,11 @@ from __future__ import annotations
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from imagegen.version import __version__
 
 if TYPE_CHECKING:
     from imagegen.engine import Engine
-    from imagegen.request import GeneratedImage
+    from imagegen.outputs.results import GeneratedImage
 
 __all__ = ["Engine", "EngineOptions", "GenerationRequest", "GeneratedImage", "LoraSpec", "generate", "__version__"]
 
@@ -23,12 +23,16 @@ def __getattr__(name: str) -> Any:
         from imagegen import engine
 
         return getattr(engine, name)
-    if name in ("GenerationRequest", "GeneratedImage"):
-        from imagegen import request
+    if name == "GenerationRequest":
+        from imagegen.request import GenerationRequest
 
-        return getattr(request, name)
+        return GenerationRequest
+    if name == "GeneratedImage":
+        from imagegen.outputs.results import GeneratedImage
+
+        return GeneratedImage
     if name == "LoraSpec":
-        from imagegen.lora_tags import LoraSpec
+        from imagegen.prompts.lora_tags import LoraSpec
 
         return LoraSpec
     raise AttributeError(f"module 'imagegen' has no attribute {name!r}")
@@ -50,7 +54,7 @@ def generate(prompt: str, recipe: str | None = None, **options: Any) -> list[Gen
     from dataclasses import fields
 
     from imagegen.errors import InvalidRequest
-    from imagegen.lora_tags import LoraSpec
+    from imagegen.prompts.lora_tags import LoraSpec
     from imagegen.recipes import DEFAULT_RECIPE
     from imagegen.request import GenerationRequest
 

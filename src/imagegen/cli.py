@@ -9,26 +9,24 @@ from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 
-from imagegen import __version__
+from imagegen.version import __version__
 from imagegen.errors import ImagegenError, InvalidRequest
-from imagegen.request import (
+from imagegen.outputs.formats import (
     IMAGE_SUFFIXES,
-    MAX_IMAGES,
     OUTPUT_FORMATS,
+    OUTPUT_SUFFIXES,
     VIDEO_FORMATS,
     VIDEO_SUFFIXES,
-    GenerationRequest,
     suffix_for,
 )
-
-OUTPUT_SUFFIXES = {**IMAGE_SUFFIXES, **VIDEO_SUFFIXES}  # .webp is a still image or an animation, by the recipe
+from imagegen.request import MAX_IMAGES, GenerationRequest
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from imagegen.devices import DEVICES, DTYPES
+    from imagegen.models.devices import DEVICES, DTYPES
     from imagegen.engine import OFFLOAD_MODES
     from imagegen.recipes import DEFAULT_RECIPE, RECIPES
-    from imagegen.schedulers import SCHEDULERS
+    from imagegen.models.schedulers import SCHEDULERS
 
     parser = argparse.ArgumentParser(prog="imagegen", description="Fast diffusion image generation.")
     parser.add_argument("--version", action="version", version=f"imagegen {__version__}")
@@ -163,7 +161,7 @@ def _request_from_args(args: argparse.Namespace) -> GenerationRequest:
     given = {f.name: getattr(args, f.name) for f in fields(GenerationRequest)
              if getattr(args, f.name, None) is not None}
     if args.loras:
-        from imagegen.lora_tags import LoraSpec
+        from imagegen.prompts.lora_tags import LoraSpec
 
         given["loras"] = (*base.loras, *(LoraSpec.parse(text) for text in args.loras))
     suffix_format = OUTPUT_SUFFIXES.get(args.output.suffix.lower()) if args.output is not None else None
@@ -199,7 +197,7 @@ def _generate(args: argparse.Namespace) -> int:
     for image, path in zip(images, paths):
         print(image.save(path))
     if args.save_control:
-        from imagegen.control import control_image
+        from imagegen.pipelines.control import control_image
 
         resolved = images[0].request
         edges = paths[0].with_name(f"{paths[0].stem}-control{paths[0].suffix}")
@@ -207,7 +205,7 @@ def _generate(args: argparse.Namespace) -> int:
         control_image(resolved).resize((resolved.width, resolved.height)).save(edges)
         print(edges)
     if args.grid:
-        from imagegen.grid import make_grid
+        from imagegen.outputs.grid import make_grid
 
         first = images[0]
         grid = replace(first, image=make_grid([image.image for image in images]))
@@ -272,7 +270,7 @@ def output_paths(target: Path, count: int, output_format: str, seeds: list[int])
 
 def _recipes(args: argparse.Namespace) -> int:
     from imagegen.recipes import RECIPES
-    from imagegen.sources import available_locally
+    from imagegen.models.sources import available_locally
 
     rows = [("RECIPE", "STEPS", "CFG", "SIZE", "LOCAL", "MODELS")]
     for recipe in RECIPES.values():
@@ -289,10 +287,10 @@ def _recipes(args: argparse.Namespace) -> int:
 def read_parameters(path: Path) -> str | None:
     """The infotext of an image, a video file or a folder of video frames."""
     if path.is_dir() or path.suffix.lower() in set(VIDEO_SUFFIXES) - set(IMAGE_SUFFIXES):
-        from imagegen.video_files import read_video_infotext
+        from imagegen.outputs.video_files import read_video_infotext
 
         return read_video_infotext(path)
-    from imagegen.metadata import read_infotext
+    from imagegen.outputs.metadata import read_infotext
 
     return read_infotext(path)
 
@@ -309,7 +307,7 @@ def _info(args: argparse.Namespace) -> int:
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: object = None, line: str | None = None) -> None:
     """Our own warnings as one line, like our errors; a library's keep Python's format."""
-    from imagegen.config_repairs import ConfigRepaired
+    from imagegen.models.config_repairs import ConfigRepaired
 
     if issubclass(category, ConfigRepaired):
         print(f"imagegen: warning: {message}", file=sys.stderr)

@@ -19,16 +19,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from imagegen.components import ComponentStore, Precision
-from imagegen.devices import pick_device, pick_dtype
+from imagegen.models.components import ComponentStore, Precision
+from imagegen.models.devices import pick_device, pick_dtype
 from imagegen.errors import Cancelled, InvalidOutput, InvalidRequest, ModelNotFound
-from imagegen.loras import LoraLibrary
-from imagegen.loras import applied as applied_loras
+from imagegen.models.loras import LoraLibrary
+from imagegen.models.loras import applied as applied_loras
 from imagegen.recipes import get_recipe
 from imagegen.recipes.base import Recipe
-from imagegen.request import GeneratedImage, GeneratedVideo, GenerationRequest
-from imagegen.schedulers import describe, make_scheduler
-from imagegen.sources import LocalModel, ModelRef, locate, parse_model_argument
+from imagegen.outputs.results import GeneratedImage, GeneratedVideo
+from imagegen.request import GenerationRequest
+from imagegen.models.schedulers import describe, make_scheduler
+from imagegen.models.sources import LocalModel, ModelRef, locate, parse_model_argument
 
 OFFLOAD_MODES = ("auto", "none", "model", "sequential")
 ProgressFn = Callable[[int, int], None]

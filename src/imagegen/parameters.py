@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from imagegen import __version__
+from imagegen.version import __version__
 from imagegen.errors import InvalidRequest
-from imagegen.lora_tags import LoraSpec
-from imagegen.metadata import format_infotext, parse_infotext
+from imagegen.prompts.lora_tags import LoraSpec
+from imagegen.outputs.metadata import format_infotext, parse_infotext
 from imagegen.recipes import get_recipe
 from imagegen.recipes.base import Recipe
 from imagegen.request import GenerationRequest
-from imagegen.schedulers import SchedulerChoice, from_a1111
+from imagegen.models.schedulers import SchedulerChoice, from_a1111
 
 
 # The options of recipes with more stages or frames: request field, infotext key, type.

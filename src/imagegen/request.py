@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from imagegen.errors import InvalidRequest
-from imagegen.lora_tags import MAX_LORAS, LoraSpec, split_lora_tags
+from imagegen.outputs.formats import MAX_GIF_FPS, OUTPUT_FORMATS, VIDEO_FORMATS
+from imagegen.prompts.lora_tags import MAX_LORAS, LoraSpec, split_lora_tags
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from imagegen.recipes.base import Recipe
 
 MIN_SIDE = 8  # recipes raise their own minimum (64 for the latent-diffusion ones)
@@ -24,15 +22,9 @@ MAX_IMAGES = 16
 MAX_GUIDANCE = 50.0
 MAX_PROMPT_CHARS = 10_000
 MAX_SEED = 2**32 - 1  # A1111's range; seed + i for image i stays far below torch's 2**64 limit
-OUTPUT_FORMATS = ("png", "jpeg", "webp")
-VIDEO_FORMATS = ("mp4", "gif", "webp", "frames")  # "frames": a folder of PNGs
-IMAGE_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
-VIDEO_SUFFIXES = {".mp4": "mp4", ".gif": "gif", ".webp": "webp"}  # .webp: a still image or an animation
 MAX_FRAMES = 64
 MAX_FPS = 60
 MAX_VIDEO_PIXELS = 1024 * 576 * 64  # width x height x frames: SVD-XT's size at 64 frames
-# Browsers play a GIF frame delay of 1/100 s or less as 1/10 s, so a faster GIF would play several times too slowly.
-MAX_GIF_FPS = 50
 # Options only some recipes have: a recipe takes one when its Defaults give it a value.
 STAGE_OPTIONS = ("controlnet_conditioning_scale", "canny_low", "canny_high", "decoder_steps", "decoder_guidance_scale",
                  "num_frames", "fps", "decode_chunk_size", "motion_bucket_id", "noise_aug_strength")
@@ -94,7 +86,7 @@ class GenerationRequest:
         replayed exactly. The prompt's LoRA tags move into `loras`, after those given as options.
         """
         d = recipe.defaults
-        from imagegen.images import image_size
+        from imagegen.inputs import image_size
 
         width, height = self.width, self.height
         if self.control_image is not None and recipe.control:
@@ -173,7 +165,7 @@ class GenerationRequest:
         if self.canny_low is not None and self.canny_high is not None and self.canny_low > self.canny_high:
             raise InvalidRequest(f"canny_low ({self.canny_low}) must not exceed canny_high ({self.canny_high})")
         if self.scheduler is not None:
-            from imagegen.schedulers import get_scheduler_choice
+            from imagegen.models.schedulers import get_scheduler_choice
 
             get_scheduler_choice(self.scheduler)
         if self.output_format is not None and self.output_format not in OUTPUT_FORMATS + VIDEO_FORMATS:
@@ -209,11 +201,6 @@ def _check_int(name: str, value: object, low: int, high: int) -> None:
         raise InvalidRequest(f"{name} must be between {low} and {high}, got {value}")
 
 
-def suffix_for(output_format: str) -> str:
-    """The file suffix a result in `output_format` is written with ("" for a folder of frames)."""
-    return {"jpeg": ".jpg", "frames": ""}.get(output_format, f".{output_format}")
-
-
 def _check_number(name: str, value: object, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InvalidRequest(f"{name} must be a finite number, got {value!r}")
@@ -231,40 +218,3 @@ def _check_side(name: str, value: object) -> None:
     _check_int(name, value, MIN_SIDE, MAX_SIDE)
     if value % SIDE_MULTIPLE:  # type: ignore[operator]
         raise InvalidRequest(f"{name} must be a multiple of {SIDE_MULTIPLE}, got {value}")
-
-
-@dataclass
-class GeneratedImage:
-    """One generated image with everything needed to reproduce it."""
-
-    image: Image.Image
-    seed: int
-    infotext: str
-    request: GenerationRequest = field(repr=False)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the image with its infotext embedded, in the request's output format."""
-        from imagegen.errors import OutputError
-        from imagegen.metadata import save_image
-
-        try:
-            return save_image(self.image, Path(path), self.infotext, image_format=self.request.output_format)
-        except OSError as error:
-            raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
-
-
-@dataclass
-class GeneratedVideo:
-    """One generated video: its frames, with everything needed to reproduce it."""
-
-    frames: list[Image.Image]
-    seed: int
-    infotext: str
-    request: GenerationRequest = field(repr=False)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the video (MP4, GIF, WebP or a folder of PNG frames, by the request's format) with its parameters."""
-        from imagegen.video_files import save_video
-
-        return save_video(self.frames, Path(path), fps=self.request.fps, infotext=self.infotext,
-                          video_format=self.request.output_format)

@@ -10,9 +10,9 @@ import pytest
 import seed_reference_animatediff
 
 from imagegen.errors import InvalidRequest
-from imagegen.lora_tags import LoraSpec
+from imagegen.prompts.lora_tags import LoraSpec
 from imagegen.request import GenerationRequest
-from imagegen.video_files import probe_video, read_video_infotext
+from imagegen.outputs.video_files import probe_video, read_video_infotext
 
 PROMPT = "a girl smiling, masterpiece"
 SIZE = {"width": 64, "height": 64}

@@ -11,7 +11,7 @@ import seed_reference_controlnet
 from PIL import Image
 from tiny_controlnet import CONTROLNET_DEPTH, edge_test_image, write_edge_test_image
 
-from imagegen.control import control_image
+from imagegen.pipelines.control import control_image
 from imagegen.errors import InvalidImage, InvalidRequest
 from imagegen.parameters import request_from_infotext
 from imagegen.request import GenerationRequest

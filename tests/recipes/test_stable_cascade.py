@@ -8,7 +8,7 @@ import numpy as np
 import seed_reference_cascade
 from tiny_cascade import CASCADE_TEST_SIZE, write_old_key_decoder_copy
 
-from imagegen.config_repairs import ConfigRepaired
+from imagegen.models.config_repairs import ConfigRepaired
 from imagegen.engine import Engine, EngineOptions
 from imagegen.request import GenerationRequest
 

@@ -9,7 +9,7 @@ from tiny_svd import SVD_TEST_FRAMES, SVD_TEST_HEIGHT, SVD_TEST_WIDTH, svd_test_
 
 from imagegen.errors import InvalidRequest
 from imagegen.request import GenerationRequest
-from imagegen.video_files import probe_video, read_video_infotext
+from imagegen.outputs.video_files import probe_video, read_video_infotext
 
 SIZE = {"width": SVD_TEST_WIDTH, "height": SVD_TEST_HEIGHT}
 

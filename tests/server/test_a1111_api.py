@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagegen.metadata import parse_infotext
+from imagegen.outputs.metadata import parse_infotext
 from imagegen.recipes import DEFAULT_RECIPE, RECIPES
 
 ERROR_KEYS = {"error", "detail", "body", "errors"}  # A1111's error body

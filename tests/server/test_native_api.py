@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagegen.metadata import parse_infotext
+from imagegen.outputs.metadata import parse_infotext
 
 
 def wait_done(client, job_id: str, timeout: float = 120) -> dict:

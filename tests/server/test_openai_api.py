@@ -11,7 +11,7 @@ import openai
 import pytest
 from PIL import Image
 
-from imagegen.metadata import parse_infotext, read_infotext
+from imagegen.outputs.metadata import parse_infotext, read_infotext
 from imagegen.recipes import DEFAULT_RECIPE, RECIPES
 
 from server.conftest import start_server

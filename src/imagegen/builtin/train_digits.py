@@ -228,7 +228,7 @@ def _write_folder(out: Path, transformer: Any, noise_scheduler: Any) -> None:
     """
     from diffusers import DPMSolverMultistepScheduler
 
-    from imagegen.class_conditional import write_model_index
+    from imagegen.pipelines.class_conditional import write_model_index
 
     out.mkdir(parents=True, exist_ok=True)
     transformer.save_pretrained(out / "transformer", safe_serialization=True)

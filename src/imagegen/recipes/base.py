@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from imagegen.errors import InvalidRequest
-from imagegen.request import OUTPUT_FORMATS, STAGE_OPTIONS, VIDEO_FORMATS, GenerationRequest
-from imagegen.sources import LocalModel, ModelRef
+from imagegen.outputs.formats import OUTPUT_FORMATS, VIDEO_FORMATS
+from imagegen.request import STAGE_OPTIONS, GenerationRequest
+from imagegen.models.sources import LocalModel, ModelRef
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def text_to_image_arguments(pipe: Any, request: GenerationRequest) -> dict[str, 
     """
     import inspect
 
-    from imagegen.images import load_image
+    from imagegen.inputs import load_image
 
     arguments = {
         "prompt": request.prompt,

@@ -10,7 +10,7 @@ from typing import Any
 
 from imagegen.recipes.base import BuildContext, Defaults, Recipe, text_to_image_arguments
 from imagegen.request import GenerationRequest
-from imagegen.sources import ModelRef
+from imagegen.models.sources import ModelRef
 
 # The repos publish their half-precision weights as the "bf16" variant.
 CASCADE_PRIOR = ModelRef("stabilityai/stable-cascade-prior", "AI-ModelScope/stable-cascade-prior", half_variant="bf16")
@@ -21,7 +21,7 @@ SIDE_MULTIPLE = 128
 
 
 def _two_stages(ctx: BuildContext) -> Any:
-    from imagegen.cascade_pipeline import StableCascadeTwoStagePipeline
+    from imagegen.pipelines.cascade import StableCascadeTwoStagePipeline
 
     return StableCascadeTwoStagePipeline(prior=ctx.pipeline("prior"), decoder=ctx.pipeline("base"))
 

@@ -12,7 +12,7 @@ from imagegen.errors import InvalidRequest
 from imagegen.recipes.base import BuildContext, Defaults, Recipe, text_to_image_arguments
 from imagegen.recipes.sdxl import SDXL_BASE
 from imagegen.request import GenerationRequest
-from imagegen.sources import ModelRef, RepoKind
+from imagegen.models.sources import ModelRef, RepoKind
 
 CONTROLNET_CANNY_SDXL = ModelRef("diffusers/controlnet-canny-sdxl-1.0", "AI-ModelScope/controlnet-canny-sdxl-1.0",
                                  RepoKind.MODEL)
@@ -33,7 +33,7 @@ def _with_controlnet(ctx: BuildContext) -> Any:
 
 
 def _arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
-    from imagegen.control import control_image
+    from imagegen.pipelines.control import control_image
 
     return {**text_to_image_arguments(pipe, request), "image": control_image(request),
             "controlnet_conditioning_scale": request.controlnet_conditioning_scale}

@@ -14,7 +14,7 @@ from imagegen.errors import InvalidRequest
 from imagegen.recipes.base import BuildContext, Defaults, Recipe
 from imagegen.recipes.class_labels import class_id
 from imagegen.request import GenerationRequest
-from imagegen.sources import LocalModel, ModelRef
+from imagegen.models.sources import LocalModel, ModelRef
 
 DIT_256 = ModelRef("facebook/DiT-XL-2-256")
 DIT_512 = ModelRef("facebook/DiT-XL-2-512")
@@ -28,7 +28,7 @@ def builtin_digits_folder() -> Path:
 def _dit(ctx: BuildContext) -> Any:
     from diffusers import DPMSolverMultistepScheduler
 
-    from imagegen.dit_pipeline import ClassConditionalDiTPipeline
+    from imagegen.pipelines.dit import ClassConditionalDiTPipeline
 
     pipe = ctx.pipeline(pipeline_class=ClassConditionalDiTPipeline)
     # diffusers' DiT example: DPM-Solver multistep at 25 steps instead of the repo's DDIM at 250.
@@ -38,7 +38,7 @@ def _dit(ctx: BuildContext) -> Any:
 
 def _digits(ctx: BuildContext) -> Any:
     # diffusers-free: with the shipped folder's own classes, a digit takes a fraction of a second end to end.
-    from imagegen.class_conditional import PixelDiTPipeline
+    from imagegen.pipelines.class_conditional import PixelDiTPipeline
 
     return ctx.pipeline(pipeline_class=PixelDiTPipeline)
 

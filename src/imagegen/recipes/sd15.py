@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from imagegen.recipes.base import BuildContext, Defaults, Recipe
-from imagegen.sources import ModelRef
+from imagegen.models.sources import ModelRef
 
 SD15 = ModelRef("stable-diffusion-v1-5/stable-diffusion-v1-5", "AI-ModelScope/stable-diffusion-v1-5")
 

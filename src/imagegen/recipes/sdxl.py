@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from imagegen.recipes.base import BuildContext, Defaults, Recipe
-from imagegen.sources import ModelRef, RepoKind
+from imagegen.models.sources import ModelRef, RepoKind
 
 SDXL_BASE = ModelRef("stabilityai/stable-diffusion-xl-base-1.0", "AI-ModelScope/stable-diffusion-xl-base-1.0")
 SDXL_TURBO = ModelRef("stabilityai/sdxl-turbo", "AI-ModelScope/sdxl-turbo")

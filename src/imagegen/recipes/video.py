@@ -13,7 +13,7 @@ from typing import Any
 from imagegen.recipes.base import BuildContext, Defaults, Recipe, text_to_image_arguments
 from imagegen.recipes.sd15 import SD15
 from imagegen.request import GenerationRequest
-from imagegen.sources import ModelRef, RepoKind
+from imagegen.models.sources import ModelRef, RepoKind
 
 MOTION_ADAPTER = ModelRef("guoyww/animatediff-motion-adapter-v1-5-2", kind=RepoKind.MODEL)
 ANIMATEDIFF_LIGHTNING = ModelRef("ByteDance/AnimateDiff-Lightning", kind=RepoKind.FILES,
@@ -60,7 +60,7 @@ def _animatediff_arguments(pipe: Any, request: GenerationRequest) -> dict[str, A
 
 def _svd_arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
     """SVD's guidance rises from 1 on the first frame to `guidance_scale` on the last (diffusers' max_guidance_scale)."""
-    from imagegen.images import load_image
+    from imagegen.inputs import load_image
 
     image = load_image(request.init_image, what="input image").resize((request.width, request.height))
     return {"image": image, "width": request.width, "height": request.height, "num_frames": request.num_frames,

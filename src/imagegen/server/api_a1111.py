@@ -38,13 +38,13 @@ from fastapi.params import Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from imagegen import __version__
+from imagegen.version import __version__
 from imagegen.errors import ImagegenError, InvalidRequest, ModelNotFound
-from imagegen.metadata import parse_infotext
+from imagegen.outputs.metadata import parse_infotext
 from imagegen.recipes import DEFAULT_RECIPE, RECIPES
 from imagegen.recipes.base import Recipe
 from imagegen.request import MAX_IMAGES, GenerationRequest
-from imagegen.schedulers import SCHEDULERS, from_a1111
+from imagegen.models.schedulers import SCHEDULERS, from_a1111
 from imagegen.server.jobs import Job
 from imagegen.server.service import Service
 

@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict
 from imagegen.errors import ImagegenError
 from imagegen.recipes import DEFAULT_RECIPE, RECIPES
 from imagegen.recipes.base import Recipe
-from imagegen.request import OUTPUT_FORMATS
+from imagegen.outputs.formats import OUTPUT_FORMATS
 from imagegen.server.app import RETRY_AFTER_S
 from imagegen.server.jobs import Job, QueueFull
 from imagegen.server.service import Service

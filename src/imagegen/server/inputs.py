@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 from imagegen.errors import InvalidImage, InvalidRequest
-from imagegen.images import MAX_INPUT_PIXELS
+from imagegen.inputs import MAX_INPUT_PIXELS
 
 ACCEPTED_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w.-]+)*$")

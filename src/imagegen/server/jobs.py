@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from imagegen.lora_tags import LoraSpec
+from imagegen.prompts.lora_tags import LoraSpec
 from imagegen.request import GenerationRequest
 
 log = logging.getLogger("imagegen.server")

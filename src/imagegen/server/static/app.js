@@ -7,7 +7,7 @@ const KEY_STORAGE = "imagegen.apiKey";
 const PAGE_SIZE = 20;
 const NUMBER_FIELDS = ["width", "height", "num_inference_steps", "guidance_scale", "seed", "num_images"];
 const DEFAULT_FIELDS = ["width", "height", "num_inference_steps", "guidance_scale"];  // recipe defaults as placeholders
-// A1111's infotext grammar (modules/infotext_utils.py re_param, as imagegen/metadata.py reads it).
+// A1111's infotext grammar (modules/infotext_utils.py re_param, as imagegen/outputs/metadata.py reads it).
 const INFOTEXT_PARAM = /\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)/g;
 const LORA_TAG = /<lora:([^<>]+)>/g;
 

@@ -1,6 +1,6 @@
 """Write generated frames as a video that carries its generation parameters, and read them back.
 
-A video keeps the A1111 infotext (see `imagegen.metadata`) where readers of each format look:
+A video keeps the A1111 infotext (see `imagegen.outputs.metadata`) where readers of each format look:
 
     mp4     the container's "comment" tag (written by FFmpeg's mp4 muxer as the iTunes "©cmt" atom,
             shown by ffprobe, VLC and exiftool), plus a sidecar `<file>.json`
@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageSequence
 
 from imagegen.errors import InvalidImage, InvalidRequest, OutputError
-from imagegen.metadata import exif_with_user_comment, read_infotext, save_image, write_aside
-from imagegen.request import MAX_GIF_FPS, VIDEO_FORMATS, VIDEO_SUFFIXES
+from imagegen.outputs.metadata import exif_with_user_comment, read_infotext, save_image, write_aside
+from imagegen.outputs.formats import MAX_GIF_FPS, VIDEO_FORMATS, VIDEO_SUFFIXES
 
 if TYPE_CHECKING:
     import numpy

@@ -25,7 +25,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from imagegen.errors import InvalidImage
-from imagegen.request import IMAGE_SUFFIXES, suffix_for
+from imagegen.outputs.formats import IMAGE_SUFFIXES, suffix_for
 
 SUPPORTED_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
 

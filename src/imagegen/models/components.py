@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagegen.config_repairs import config_overrides
+from imagegen.models.config_repairs import config_overrides
 from imagegen.errors import ModelNotFound, UnsafeWeights
-from imagegen.sources import LocalModel, ModelRef, check_weights_file, locate
+from imagegen.models.sources import LocalModel, ModelRef, check_weights_file, locate
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # Where a model_index.json may take its component classes from: importing any other module by name

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from imagegen.errors import InvalidRequest
-from imagegen.images import load_image
+from imagegen.inputs import load_image
 from imagegen.request import GenerationRequest
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 
-from imagegen.class_conditional import Generators, labels_from, sample, to_output
+from imagegen.pipelines.class_conditional import Generators, labels_from, sample, to_output
 
 
 class ClassConditionalDiTPipeline(DiffusionPipeline):

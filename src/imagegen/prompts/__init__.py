@@ -1,0 +1,1 @@
+"""What the text encoder reads: the prompt's LoRA tags taken out (and, later, weighting and embeddings)."""
