@@ -28,7 +28,9 @@ def main() -> None:
     args = parser.parse_args()
     cache = Path(tempfile.mkdtemp(prefix="imagegen-gpu-check-"))
     os.environ.update(HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", MODELSCOPE_CACHE=str(cache / "ms"))
-    from tiny_models import build_hf_cache  # after the environment: huggingface_hub reads it on import
+    from tiny_models import (
+        build_hf_cache,  # after the environment: huggingface_hub reads it on import
+    )
 
     build_hf_cache(cache)
     report = {"tiny": tiny_checks(args.device)}
@@ -81,14 +83,17 @@ def tiny_checks(device: str) -> dict:
 
 
 def seed_code_half_precision(recipe: str, steps: int, device: str):
-    """The seed's own code in fp16 with the fp16 variant on the GPU: what our half-precision path must match."""
+    """The reference tutorial's own code in fp16 with the fp16 variant on the GPU: what our half-precision path must match."""
     import numpy as np
     import torch
-    from diffusers import (EulerDiscreteScheduler, LCMScheduler, StableDiffusionXLPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        EulerDiscreteScheduler,
+        LCMScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from huggingface_hub import hf_hub_download
     from safetensors.torch import load_file
-
     from tiny_models import LCM_SDXL, SDXL_BASE, SDXL_LIGHTNING, SDXL_TURBO
 
     half = {"torch_dtype": torch.float16, "variant": "fp16"}
@@ -118,10 +123,19 @@ def seed_code_half_precision(recipe: str, steps: int, device: str):
 def full_size_timings(device: str, cache: Path) -> dict:
     """SDXL's real architecture with random fp16 weights: seconds per image for each recipe's settings."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from tiny_models import SDXL_BASE, snapshot_path
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
 
     tiny = snapshot_path(cache, SDXL_BASE)
     with torch.device(device):

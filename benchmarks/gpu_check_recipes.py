@@ -4,11 +4,11 @@ Run on a CUDA machine:  PYTHONPATH=src:tests python benchmarks/gpu_check_recipes
 Dry run on the CPU:     PYTHONPATH=src:tests python benchmarks/gpu_check_recipes.py --device cpu --skip-full-size
 
 Part 1 runs each recipe on the tiny fixtures through imagegen's Engine (auto dtype: fp16; the cascade prior bf16;
-the ControlNet pipeline with the recipe's model CPU offload) and the seed's own diffusers code in the seed's
+the ControlNet pipeline with the recipe's model CPU offload) and the reference tutorial's own diffusers code in the reference tutorial's
 dtypes on the same device, and compares both with CPU float32; then checks that a LoRA leaves nothing behind.
-On --device cpu every run is float32 and ours must equal the seed code exactly.
+On --device cpu every run is float32 and ours must equal the reference tutorial's code exactly.
 Part 2 times SD 1.5's real architecture (random fp16 weights) at 512x512, and, if the budget allows, the full-size
-SDXL + canny ControlNet at the seed's defaults, with and without model CPU offload.
+SDXL + canny ControlNet at the reference tutorial's defaults, with and without model CPU offload.
 
 Every case is guarded: an error is recorded in the JSON (DIR/gpu_check_recipes.json), which is rewritten after
 each case, so a timeout keeps what was done.
@@ -323,7 +323,7 @@ def generators(seed: int, n: int) -> list:
 
 
 def check_sd15(ours: Any, cpu: Any, device: str, image_dir: Path) -> dict:
-    """Ours with '<lora:sd15_kohya:0.8>' vs the seed's pipeline (fp16, fp16 variant) with the same LoRA at 0.8."""
+    """Ours with '<lora:sd15_kohya:0.8>' vs the reference tutorial's pipeline (fp16, fp16 variant) with the same LoRA at 0.8."""
     from imagegen.request import GenerationRequest
 
     def request(prompt: str) -> GenerationRequest:
@@ -350,7 +350,7 @@ def check_sd15(ours: Any, cpu: Any, device: str, image_dir: Path) -> dict:
 
 
 def seed_sd15(device: str) -> tuple[Any, Any, dict]:
-    """The seed: AutoPipelineForText2Image.from_pretrained(..., torch_dtype=torch.float16).to("cuda"), then
+    """The reference tutorial: AutoPipelineForText2Image.from_pretrained(..., torch_dtype=torch.float16).to("cuda"), then
     load_lora_weights; here the default SD 1.5 repo with its fp16 variant, no safety checker, and the LoRA at 0.8
     through set_adapters (as imagegen applies a weight)."""
     import torch
@@ -400,8 +400,9 @@ def check_no_leak(ours: Any) -> dict:
 
 
 def check_cascade(ours: Any, cpu: Any, device: str, image_dir: Path) -> dict:
-    from imagegen.request import GenerationRequest
     from tiny_cascade import CASCADE_TEST_SIZE
+
+    from imagegen.request import GenerationRequest
 
     request = GenerationRequest(prompt=CASCADE_PROMPT, recipe="stable-cascade", seed=SEEDS["stable-cascade"],
                                 width=CASCADE_TEST_SIZE, height=CASCADE_TEST_SIZE,
@@ -427,10 +428,10 @@ def check_cascade(ours: Any, cpu: Any, device: str, image_dir: Path) -> dict:
 
 
 def seed_cascade(device: str) -> tuple[Any, dict]:
-    """The seed: prior bf16 and decoder fp16, both from the repos' bf16 variant, embeddings cast with .half()."""
+    """The reference tutorial: prior bf16 and decoder fp16, both from the repos' bf16 variant, embeddings cast with .half()."""
     import torch
     from diffusers import StableCascadeDecoderPipeline, StableCascadePriorPipeline
-    from seed_reference_cascade import wuerstchen_module_alias
+    from reference_tutorial_cascade import wuerstchen_module_alias
     from tiny_cascade import CASCADE_DECODER, CASCADE_PRIOR, CASCADE_TEST_SIZE
 
     half = device != "cpu"
@@ -487,12 +488,16 @@ def check_controlnet(ours: Any, cpu: Any, device: str, photo: Path, image_dir: P
 
 
 def seed_controlnet(device: str, photo: Path, names: tuple[str, ...]) -> tuple[Any, dict]:
-    """The seed: ControlNet fp16, fp16-fix VAE fp16, SDXL base fp16 (fp16 variant), enable_model_cpu_offload(),
+    """The reference tutorial: ControlNet fp16, fp16-fix VAE fp16, SDXL base fp16 (fp16 variant), enable_model_cpu_offload(),
     cv2.Canny(100, 200) on the RGB photo; the pipeline's defaults for size (the control image's) and guidance."""
     import cv2
     import numpy as np
     import torch
-    from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionXLControlNetPipeline
+    from diffusers import (
+        AutoencoderKL,
+        ControlNetModel,
+        StableDiffusionXLControlNetPipeline,
+    )
     from diffusers.utils import load_image
     from PIL import Image
     from tiny_controlnet import CONTROLNET_CANNY, VAE_FP16_FIX
@@ -558,9 +563,9 @@ SDXL_VAE = {  # the fp16-fix VAE's config: no force_upcast key, so diffusers' de
 }
 
 
-# (name, steps, side); the seed calls SD 1.5 with the pipeline defaults: 50 steps, cfg 7.5, 512x512.
-SD15_SETTINGS = [("512x512, 25 steps, cfg 7.5", 25, 512), ("512x512, 50 steps, cfg 7.5 (seed default)", 50, 512)]
-# The seed's ControlNet call: the control image's size (a 1024x1024 photo), the pipeline's 50 steps, cfg 5.0.
+# (name, steps, side); the reference tutorial calls SD 1.5 with the pipeline defaults: 50 steps, cfg 7.5, 512x512.
+SD15_SETTINGS = [("512x512, 25 steps, cfg 7.5", 25, 512), ("512x512, 50 steps, cfg 7.5 (reference tutorial default)", 50, 512)]
+# The reference tutorial's ControlNet call: the control image's size (a 1024x1024 photo), the pipeline's 50 steps, cfg 5.0.
 CONTROLNET_SIDE, CONTROLNET_FULL_STEPS = 1024, 50
 
 
@@ -592,7 +597,12 @@ def timed(pipe_call: Callable[[], Any], device: str, remaining: Callable[[], flo
 
 def time_sd15_full_size(device: str, cache: Path, remaining: Callable[[], float], report: Report) -> dict:
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from tiny_models import snapshot_path
     from tiny_sd15 import SD15
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -638,16 +648,26 @@ def time_sd15_full_size(device: str, cache: Path, remaining: Callable[[], float]
 
 def time_controlnet_full_size(device: str, cache: Path, remaining: Callable[[], float], report: Report) -> dict:
     """SDXL base + a canny ControlNet copied from it (ControlNetModel.from_unet, as the real one was made): the
-    seed's defaults (1024x1024 from the control image, 50 steps, cfg 5, scale 0.5), model offload and none."""
+    reference tutorial's defaults (1024x1024 from the control image, 50 steps, cfg 5, scale 0.5), model offload and none."""
     import cv2
     import numpy as np
     import torch
-    from diffusers import (AutoencoderKL, ControlNetModel, EulerDiscreteScheduler, StableDiffusionXLControlNetPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        ControlNetModel,
+        EulerDiscreteScheduler,
+        StableDiffusionXLControlNetPipeline,
+        UNet2DConditionModel,
+    )
     from PIL import Image
     from tiny_controlnet import edge_test_image
     from tiny_models import SDXL_BASE, snapshot_path
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
 
     tiny = snapshot_path(cache, SDXL_BASE)
     start = time.perf_counter()

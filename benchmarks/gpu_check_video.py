@@ -6,7 +6,7 @@ Part 2 code on the CPU: PYTHONPATH=src:tests python benchmarks/gpu_check_video.p
                         (Part 2's code path with the tiny fixtures' architectures and tiny sizes: a bug check only)
 
 Part 1 runs each video recipe on the tiny fixtures through imagegen's Engine (auto dtype: fp16) and the docs' /
-model card's own diffusers code (tests/seed_reference_animatediff.py, tests/seed_reference_svd.py) in fp16 on the
+model card's own diffusers code (tests/reference_tutorial_animatediff.py, tests/reference_tutorial_svd.py) in fp16 on the
 same device, and compares both with imagegen's CPU float32 frames.  On --device cpu every run is float32 and ours
 must equal the reference code exactly.  Frames are compared in memory; no video file is written (PyAV may be
 missing on the GPU machine); a PNG strip of each video's frames goes to DIR/images.
@@ -259,7 +259,7 @@ def run_video(fn: Callable[[], list]) -> tuple[Any, dict]:
 
 def half_kwargs(device: str, half: bool | None) -> tuple[Any, dict, bool]:
     """The reference's dtype, the pipeline repo's variant kwargs, and whether it runs in half: fp16 with the fp16
-    variant off the CPU (as the seed snippets on CUDA), float32 without a variant on the CPU (as the tests)."""
+    variant off the CPU (as the reference tutorial's snippets on CUDA), float32 without a variant on the CPU (as the tests)."""
     import torch
 
     half = device != "cpu" if half is None else half
@@ -297,7 +297,7 @@ def check_animatediff(recipe: str, ours: Any, cpu: Any, device: str, image_dir: 
 
 def reference_animatediff(device: str, *, seed: int, num_frames: int, steps: int, width: int, height: int,
                           half: bool | None = None) -> tuple[Any, dict]:
-    """seed_reference_animatediff.animatediff as diffusers' docs example runs it on CUDA: the motion adapter
+    """reference_tutorial_animatediff.animatediff as diffusers' docs example runs it on CUDA: the motion adapter
     ``from_pretrained(..., torch_dtype=torch.float16)`` (no variant, as the docs), the SD 1.5 pipeline in fp16
     from its fp16 variant, DDIM as the docs set it, a seeded CPU generator; no CPU offload or VAE slicing (memory
     savers only)."""
@@ -324,7 +324,7 @@ def reference_animatediff(device: str, *, seed: int, num_frames: int, steps: int
 
 def reference_lightning(device: str, *, seed: int, num_frames: int, steps: int, width: int, height: int,
                         half: bool | None = None) -> tuple[Any, dict]:
-    """seed_reference_animatediff.animatediff_lightning as the model card runs it (device "cuda", dtype
+    """reference_tutorial_animatediff.animatediff_lightning as the model card runs it (device "cuda", dtype
     torch.float16): the adapter built, cast, and filled from the fp16 checkpoint loaded onto the device; the
     pipeline in fp16 (fp16 variant) and moved there; Euler trailing/linear; guidance 1.0; a seeded CPU
     generator."""
@@ -332,7 +332,11 @@ def reference_lightning(device: str, *, seed: int, num_frames: int, steps: int, 
     from diffusers import AnimateDiffPipeline, EulerDiscreteScheduler, MotionAdapter
     from huggingface_hub import hf_hub_download
     from safetensors.torch import load_file
-    from tiny_animatediff import ANIMATEDIFF_LIGHTNING, MOTION_ADAPTER, lightning_file_name
+    from tiny_animatediff import (
+        ANIMATEDIFF_LIGHTNING,
+        MOTION_ADAPTER,
+        lightning_file_name,
+    )
     from tiny_sd15 import SD15
 
     dtype, variant, half = half_kwargs(device, half)
@@ -377,7 +381,7 @@ def check_svd(ours: Any, cpu: Any, device: str, picture: Path, image_dir: Path) 
 
 def reference_svd(device: str, *, seed: int, num_frames: int, steps: int, width: int, height: int,
                   half: bool | None = None) -> tuple[Any, dict]:
-    """seed_reference_svd.svd as diffusers' SVD guide runs it on CUDA: ``torch_dtype=torch.float16,
+    """reference_tutorial_svd.svd as diffusers' SVD guide runs it on CUDA: ``torch_dtype=torch.float16,
     variant="fp16"``, the image resized first, decode_chunk_size 8, the pipeline's defaults otherwise, a CPU
     generator; moved to the device instead of the guide's enable_model_cpu_offload (whole-model offload moves
     weights, it computes the same)."""
@@ -482,8 +486,14 @@ def time_animatediff(device: str, cache: Path, sizes: dict, smoke: bool, remaini
     """SD 1.5 (UNet, VAE, CLIP-L) + MotionAdapter() in fp16 on the GPU, assembled as AnimateDiffPipeline does
     (UNetMotionModel.from_unet2d); the recipe's DDIM at 25 steps cfg 7.5, then Lightning's Euler at 4 steps cfg 1."""
     import torch
-    from diffusers import (AnimateDiffPipeline, AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, MotionAdapter,
-                           UNet2DConditionModel)
+    from diffusers import (
+        AnimateDiffPipeline,
+        AutoencoderKL,
+        DDIMScheduler,
+        EulerDiscreteScheduler,
+        MotionAdapter,
+        UNet2DConditionModel,
+    )
     from tiny_animatediff import MOTION_ADAPTER
     from tiny_models import snapshot_path
     from tiny_sd15 import SD15
@@ -569,11 +579,19 @@ def time_svd(device: str, cache: Path, sizes: dict, smoke: bool, remaining: Call
     fps 7, motion bucket 127, noise 0.02, decode chunk 8), then the VAE decode alone at chunks 8 and 2, then the
     whole call at chunk 2 and a second call at chunk 8 as the budget allows."""
     import torch
-    from diffusers import (AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline,
-                           UNetSpatioTemporalConditionModel)
+    from diffusers import (
+        AutoencoderKLTemporalDecoder,
+        EulerDiscreteScheduler,
+        StableVideoDiffusionPipeline,
+        UNetSpatioTemporalConditionModel,
+    )
     from tiny_models import snapshot_path
     from tiny_svd import SVD_XT, svd_test_image
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     tiny = snapshot_path(cache, SVD_XT)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32

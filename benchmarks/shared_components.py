@@ -1,7 +1,7 @@
-"""Peak memory of SDXL, LCM-SDXL and SDXL-Lightning kept warm together: imagegen against the seed's way.
+"""Peak memory of SDXL, LCM-SDXL and SDXL-Lightning kept warm together: imagegen against the reference tutorial's way.
 
 The three recipes differ only in their UNet and scheduler. imagegen's ComponentStore loads the SDXL base's
-text encoders and VAE once and every assembled pipeline references them; the seed's diffusers code calls
+text encoders and VAE once and every assembled pipeline references them; the reference tutorial's diffusers code calls
 ``from_pretrained`` per recipe and so holds three of each. This script measures both in fresh processes, plus
 SDXL alone each way, the baselines that the cost of the two extra recipes is read against:
 
@@ -43,7 +43,7 @@ SEED = 7
 SIDE = 64
 LIGHTNING_STEPS = 4  # also picks the Lightning checkpoint file
 # (recipe, num_inference_steps, guidance_scale): SDXL at 2 steps to keep the run short, the distilled
-# recipes at their seed defaults; both ways get exactly these arguments.
+# recipes at their reference tutorial defaults; both ways get exactly these arguments.
 RUNS = (("sdxl", 2, 5.0), ("lcm-sdxl", 4, 8.0), ("sdxl-lightning", LIGHTNING_STEPS, 0.0))
 ROLES = ("text_encoder", "text_encoder_2", "vae", "unet")
 SHARED_ROLES = ("text_encoder", "text_encoder_2", "vae")
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="Hugging Face cache folder to build into, or to reuse if this script built it at this "
                              "scale from the current tests/tiny_models.py (default: a temporary folder)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
-                        help="dtype the pipelines run in, both ways (default float32, as the seed on a CPU)")
+                        help="dtype the pipelines run in, both ways (default float32, as the reference tutorial on a CPU)")
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--build", action="store_true", help="only build the cache at --scale into --cache")
     only.add_argument("--case", choices=list(CASES), help="only measure this case, in this process, as JSON")
@@ -223,16 +223,16 @@ def _imagegen_way(recipes: Sequence[str]) -> Callable[[str], list[Any]]:
     return run
 
 
-def _seed_sdxl(dtype: torch.dtype) -> Any:
-    """tests/seed_reference.sdxl's loading, with the pipeline handed back instead of dropped."""
+def _reference_sdxl(dtype: torch.dtype) -> Any:
+    """tests/reference_tutorial.sdxl's loading, with the pipeline handed back instead of dropped."""
     from diffusers import StableDiffusionXLPipeline
     from tiny_models import SDXL_BASE
 
     return StableDiffusionXLPipeline.from_pretrained(SDXL_BASE, torch_dtype=dtype).to("cpu")
 
 
-def _seed_lcm(dtype: torch.dtype) -> Any:
-    """tests/seed_reference.lcm_sdxl's loading: the LCM UNet swapped into a second copy of the base."""
+def _reference_lcm(dtype: torch.dtype) -> Any:
+    """tests/reference_tutorial.lcm_sdxl's loading: the LCM UNet swapped into a second copy of the base."""
     from diffusers import DiffusionPipeline, LCMScheduler, UNet2DConditionModel
     from tiny_models import LCM_SDXL, SDXL_BASE
 
@@ -242,9 +242,13 @@ def _seed_lcm(dtype: torch.dtype) -> Any:
     return pipe.to("cpu")
 
 
-def _seed_lightning(dtype: torch.dtype) -> Any:
-    """tests/seed_reference.sdxl_lightning's loading: the Lightning UNet swapped into a third copy of the base."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+def _reference_lightning(dtype: torch.dtype) -> Any:
+    """tests/reference_tutorial.sdxl_lightning's loading: the Lightning UNet swapped into a third copy of the base."""
+    from diffusers import (
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from huggingface_hub import hf_hub_download
     from safetensors.torch import load_file
     from tiny_models import SDXL_BASE, SDXL_LIGHTNING
@@ -258,12 +262,12 @@ def _seed_lightning(dtype: torch.dtype) -> Any:
 
 
 SEED_LOADERS: dict[str, Callable[[torch.dtype], Any]] = {
-    "sdxl": _seed_sdxl, "lcm-sdxl": _seed_lcm, "sdxl-lightning": _seed_lightning,
+    "sdxl": _reference_sdxl, "lcm-sdxl": _reference_lcm, "sdxl-lightning": _reference_lightning,
 }
 
 
-def _seed_way(recipes: Sequence[str]) -> Callable[[str], list[Any]]:
-    """Load each recipe's pipeline as the seed does and draw one image with it, keeping every pipeline alive."""
+def _reference_way(recipes: Sequence[str]) -> Callable[[str], list[Any]]:
+    """Load each recipe's pipeline as the reference tutorial does and draw one image with it, keeping every pipeline alive."""
 
     def run(dtype: str) -> list[Any]:
         import torch
@@ -296,8 +300,8 @@ CASES = {
     case.name: case
     for case in (
         Case("imagegen", "a", "Engine(max_pipelines=3): " + ", ".join(ALL), _imagegen_way(ALL)),
-        Case("seed", "b", "diffusers from_pretrained x3: " + ", ".join(ALL), _seed_way(ALL)),
-        Case("baseline", "c", "diffusers from_pretrained x1: sdxl", _seed_way(["sdxl"])),
+        Case("reference", "b", "diffusers from_pretrained x3: " + ", ".join(ALL), _reference_way(ALL)),
+        Case("baseline", "c", "diffusers from_pretrained x1: sdxl", _reference_way(["sdxl"])),
         Case("imagegen-sdxl", "a0", "Engine: sdxl", _imagegen_way(["sdxl"])),
     )
 }

@@ -224,3 +224,17 @@ def test_loras_and_two_stage_recipes_from_the_command_line(hf_cache, tmp_path) -
                        "--width", "128", "--height", "128", "-o", str(tmp_path / "c.png"), "-q")
     assert cascade.returncode == 0, cascade.stderr
     assert "Decoder steps: 2" in imagegen("info", str(tmp_path / "c.png")).stdout
+
+
+def test_replaying_a_digits_image_stays_on_the_built_in_path(tmp_path) -> None:
+    """--from names the recipe's own scheduler ("DPM++ 2M"): kept as is, it stays the built-in, diffusers-free
+    sampler, so replaying an image is as fast as making it, and gives it back exactly."""
+    first = tmp_path / "first.png"
+    assert imagegen("generate", "7", "--seed", "3", "-o", str(first), "-q").returncode == 0
+    replay = ("import sys; from imagegen.cli import main; code = main(sys.argv[1:]); "
+              "print('diffusers' in sys.modules); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", replay, "generate", "--from", str(first), "-o",
+                             str(tmp_path / "again.png"), "-q"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "False"
+    np.testing.assert_array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(tmp_path / "again.png")))

@@ -10,7 +10,8 @@ import pytest
 from imagegen.errors import InvalidRequest
 from imagegen.prompts.lora_tags import LoraSpec
 from imagegen.recipes import get_recipe
-from imagegen.request import MAX_IMAGES, MAX_SEED, GenerationRequest
+from imagegen.options import MAX_IMAGES, MAX_SEED
+from imagegen.request import GenerationRequest
 
 
 def request(**options) -> GenerationRequest:
@@ -36,10 +37,10 @@ def request(**options) -> GenerationRequest:
         ({"seed": -1}, "seed must be between 0 and 4294967295"),
         ({"seed": MAX_SEED + 1}, "seed must be between 0 and 4294967295"),
         ({"scheduler": "warp-drive"}, "unknown scheduler 'warp-drive'; choose one of euler, euler-a"),
-        ({"output_format": "bmp"}, "output format must be one of png, jpeg, webp, mp4, gif, frames"),
-        ({"num_frames": 0}, "num_frames must be between 1 and 64"),
+        ({"output_format": "bmp"}, r"unknown output_format \(format\) .bmp.; choose one of png, jpeg, webp, mp4, gif, frames"),
+        ({"num_frames": 0}, r"num_frames \(frames\) must be between 1 and 64"),
         ({"num_frames": 64, "width": 2048, "height": 2048}, "more than the 37,748,736 pixels a video may have"),
-        ({"noise_aug_strength": 2.0}, "noise_aug_strength must be between 0 and 1"),
+        ({"noise_aug_strength": 2.0}, r"noise_aug_strength \(noise-aug\) must be between 0 and 1"),
         ({"negative_prompt": "x" * 10_001}, "limited to 10000 characters"),
     ],
 )
@@ -96,7 +97,7 @@ def test_the_last_image_of_a_batch_keeps_a_valid_seed() -> None:
         ("stable-cascade", {"scheduler": "euler"}, "recipe stable-cascade does not take --scheduler"),
         ("stable-cascade", {"width": 1000}, "width must be a multiple of 128 for recipe stable-cascade"),
         ("stable-cascade", {"decoder_steps": 0}, "decoder_steps must be between 1 and 150"),
-        ("stable-cascade", {"decoder_guidance_scale": -1.0}, "decoder_guidance_scale must be between 0 and 50"),
+        ("stable-cascade", {"decoder_guidance_scale": -1.0}, r"decoder_guidance_scale \(decoder-guidance\) must be between 0 and 50"),
         ("sdxl-controlnet-canny", {}, r"needs a control image \(--control-image PATH\)"),
         ("sd15", {"loras": tuple(LoraSpec(f"l{i}") for i in range(17))}, "at most 16 LoRAs per request"),
     ],
@@ -109,7 +110,7 @@ def test_options_a_recipe_has_no_use_for_are_refused(recipe, options, message) -
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"controlnet_conditioning_scale": 6.0}, "controlnet_conditioning_scale must be between 0 and 5"),
+        ({"controlnet_conditioning_scale": 6.0}, r"controlnet_conditioning_scale \(control-scale\) must be between 0 and 5"),
         ({"canny_low": -1}, "canny_low must be between 0 and 1000"),
         ({"canny_low": 300, "canny_high": 200}, r"canny_low \(300\) must not exceed canny_high \(200\)"),
     ],

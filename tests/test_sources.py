@@ -128,6 +128,8 @@ def test_hub_download_asks_for_one_precision_and_fills_gaps(hf_cache, tmp_path, 
 
     import huggingface_hub
 
+    from imagegen.models import sources
+
     source = tmp_path / "published"
     shutil.copytree(snapshot_path(hf_cache, SDXL_TURBO), source)
     (source / "unet" / "diffusion_pytorch_model.fp16.safetensors").unlink()
@@ -147,13 +149,15 @@ def test_hub_download_asks_for_one_precision_and_fills_gaps(hf_cache, tmp_path, 
         return str(downloaded)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setitem(sources._LISTINGS, "hf", lambda ref: {
+        p.relative_to(source).as_posix(): p.stat().st_size for p in source.rglob("*") if p.is_file()})
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     assert locate(ModelRef(SDXL_TURBO), variant="fp16") == downloaded
     weights = sorted(p.relative_to(downloaded).as_posix() for p in downloaded.rglob("*.safetensors"))
     assert weights == ["text_encoder/model.fp16.safetensors", "text_encoder_2/model.fp16.safetensors",
                        "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors"]
-    assert len(asked) == 2 and asked[1] == ["unet/*.safetensors"]
+    assert asked[0] == ["model_index.json"] and not any("sd_xl_turbo_1.0.safetensors" in files for files in asked)
     shutil.rmtree(downloaded)
     assert locate(ModelRef(SDXL_TURBO), variant=None) == downloaded  # full precision: no fp16 copies fetched
     assert not list(downloaded.rglob("*.fp16.*"))

@@ -54,8 +54,8 @@ def generate(prompt: str, recipe: str | None = None, **options: Any) -> list[Gen
     from dataclasses import fields
 
     from imagegen.errors import InvalidRequest
+    from imagegen.options import DEFAULT_RECIPE
     from imagegen.prompts.lora_tags import LoraSpec
-    from imagegen.recipes import DEFAULT_RECIPE
     from imagegen.request import GenerationRequest
 
     known = {f.name for f in fields(GenerationRequest)} - {"prompt", "recipe"}

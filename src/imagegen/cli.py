@@ -8,25 +8,24 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
-from imagegen.version import __version__
 from imagegen.errors import ImagegenError, InvalidRequest
+from imagegen.options import OPTIONS, Option
 from imagegen.outputs.formats import (
     IMAGE_SUFFIXES,
-    OUTPUT_FORMATS,
     OUTPUT_SUFFIXES,
-    VIDEO_FORMATS,
     VIDEO_SUFFIXES,
     suffix_for,
 )
-from imagegen.request import MAX_IMAGES, GenerationRequest
+from imagegen.prompts.lora_tags import LoraSpec
+from imagegen.request import GenerationRequest
+from imagegen.version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from imagegen.models.devices import DEVICES, DTYPES
     from imagegen.engine import OFFLOAD_MODES
-    from imagegen.recipes import DEFAULT_RECIPE, RECIPES
-    from imagegen.models.schedulers import SCHEDULERS
+    from imagegen.models.devices import DEVICES, DTYPES
 
     parser = argparse.ArgumentParser(prog="imagegen", description="Fast diffusion image generation.")
     parser.add_argument("--version", action="version", version=f"imagegen {__version__}")
@@ -34,58 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("generate", help="generate images from a prompt",
                               description="Generate images; options left out take the recipe's defaults.")
-    gen.add_argument("prompt", nargs="?", help="the text prompt (may be left out with --from)")
-    gen.add_argument("--recipe", choices=list(RECIPES), help=f"generation method (default {DEFAULT_RECIPE})")
-    gen.add_argument("--model", help="replace the recipe's base model: a local folder, a .safetensors file or a hub id")
-    gen.add_argument("--seed", type=int, help="seed of the first image; image i uses seed+i (default: random)")
-    gen.add_argument("--steps", type=int, dest="num_inference_steps", metavar="N", help="denoising steps")
-    gen.add_argument("--guidance", type=float, dest="guidance_scale", metavar="CFG",
-                     help="classifier-free guidance scale")
-    gen.add_argument("--width", type=int)
-    gen.add_argument("--height", type=int)
-    gen.add_argument("-n", type=int, dest="num_images", help=f"number of images (1-{MAX_IMAGES})")
-    gen.add_argument("--negative", dest="negative_prompt", help="negative prompt")
-    gen.add_argument("--scheduler", choices=list(SCHEDULERS), help="override the recipe's scheduler")
-    gen.add_argument("--init-image", dest="init_image", metavar="PATH",
-                     help="img2img: start from this image (resized to --width x --height)")
-    gen.add_argument("--strength", type=float, help="img2img: how much of the init image to repaint, 0-1 (0.75)")
-    gen.add_argument("--mask", dest="mask_image", metavar="PATH", help="inpainting: repaint where this mask is white")
-    gen.add_argument("--lora", dest="loras", action="append", metavar="NAME[:WEIGHT]",
-                     help="apply a LoRA (repeatable): a file, a name in the LoRA folder ($IMAGEGEN_LORA_DIR) or a hub "
-                          "id org/repo[/file.safetensors]; the prompt may also hold <lora:NAME:WEIGHT> tags")
-    gen.add_argument("--control-image", dest="control_image", metavar="PATH",
-                     help="ControlNet recipes: the photo to take Canny edges from (or the map itself, see below)")
-    gen.add_argument("--control-is-edges", dest="control_is_edges", action="store_true", default=None,
-                     help="the control image is already the map the ControlNet wants: no Canny")
-    gen.add_argument("--controlnet", metavar="ID_OR_PATH",
-                     help="use another SDXL ControlNet (depth, pose...) with a prepared --control-image")
-    gen.add_argument("--control-scale", dest="controlnet_conditioning_scale", type=float, metavar="W",
-                     help="ControlNet conditioning scale (0.5)")
-    gen.add_argument("--canny-low", dest="canny_low", type=int, metavar="T", help="Canny low threshold (100)")
-    gen.add_argument("--canny-high", dest="canny_high", type=int, metavar="T", help="Canny high threshold (200)")
+    gen.add_argument("prompt", nargs="?", help=f"{OPTIONS['prompt'].help} (may be left out with --from)")
+    add_request_options(gen)
     gen.add_argument("--save-control", action="store_true", help="also save the control (edge) image beside the result")
-    gen.add_argument("--decoder-steps", dest="decoder_steps", type=int, metavar="N",
-                     help="Stable Cascade: the decoder's steps (10); --steps/--guidance are the prior's")
-    gen.add_argument("--decoder-guidance", dest="decoder_guidance_scale", type=float, metavar="CFG",
-                     help="Stable Cascade: the decoder's guidance (0)")
-    gen.add_argument("--format", dest="output_format", choices=list(dict.fromkeys(OUTPUT_FORMATS + VIDEO_FORMATS)),
-                     help="image or video format (default: from -o's suffix, else png for images, mp4 for videos; "
-                          "frames: a folder of PNGs)")
-    gen.add_argument("--frames", dest="num_frames", type=int, metavar="N", help="video recipes: number of frames")
-    gen.add_argument("--fps", type=int, help="video recipes: frames per second (SVD is also conditioned on it)")
-    gen.add_argument("--decode-chunk-size", dest="decode_chunk_size", type=int, metavar="N",
-                     help="video recipes: frames the VAE decodes at once (less memory; SVD's frames change slightly)")
-    gen.add_argument("--motion-bucket", dest="motion_bucket_id", type=int, metavar="ID",
-                     help="svd: amount of motion, 0-255 (127)")
-    gen.add_argument("--noise-aug", dest="noise_aug_strength", type=float, metavar="S",
-                     help="svd: noise added to the input image, more gives more motion (0.02)")
     gen.add_argument("-o", "--output", type=Path, help="output file, or folder (default ./outputs)")
     gen.add_argument("--from", dest="from_image", type=Path,
                      help="start from the parameters stored in this image; other options override them")
     gen.add_argument("--device", choices=DEVICES, default="auto")
     gen.add_argument("--dtype", choices=DTYPES, default="auto")
     gen.add_argument("--offload", choices=OFFLOAD_MODES, default="auto",
-                     help="CPU offload on a GPU (auto: as the recipe's seed code does)")
+                     help="CPU offload on a GPU (auto: as the recipe's reference code does)")
     gen.add_argument("--vae-tiling", action="store_true", help="decode in tiles: large images in less memory")
     gen.add_argument("--vae-slicing", action="store_true", help="decode one image at a time")
     gen.add_argument("--allow-pickle", action="store_true",
@@ -121,11 +78,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     rec = commands.add_parser("recipes", help="list the recipes, their models and defaults")
     rec.set_defaults(run=_recipes)
+    _add_pull_parser(commands)
 
     info = commands.add_parser("info", help="print the generation parameters stored in an image")
     info.add_argument("image", type=Path)
     info.set_defaults(run=_info)
     return parser
+
+
+def add_request_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per option of the option table, under its group's heading, with the recipes' defaults in its help."""
+    from imagegen.options import DEFAULT_RECIPE
+    from imagegen.recipes import RECIPES
+
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for option in OPTIONS.values():
+        if option.cli_flag is None:
+            continue
+        group = groups.get(option.group) or groups.setdefault(option.group, parser.add_argument_group(option.group))
+        arguments: dict[str, Any] = {"dest": option.name, "help": option.help + _default_text(option, RECIPES)}
+        if option.kind is bool:
+            arguments.update(action="store_true", default=None)
+        elif option.kind is LoraSpec:
+            arguments.update(action="append", metavar=option.metavar)
+        else:
+            arguments.update(type=option.kind, metavar=option.metavar, choices=option.allowed())
+        if option.name == "recipe":
+            arguments.update(choices=list(RECIPES), help=f"{option.help} (default {DEFAULT_RECIPE})")
+        group.add_argument(option.cli_flag, **arguments)
+
+
+def _default_text(option: Option, recipes: dict[str, Any]) -> str:
+    """The default as the help shows it: the recipes' own values when there are one or two, else where to look."""
+    if not option.per_recipe:
+        return ""
+    by_value: dict[Any, list[str]] = {}
+    for recipe in recipes.values():
+        value = getattr(recipe.defaults, option.name)
+        if value is not None:
+            by_value.setdefault(value, []).append(recipe.name)
+    if not by_value or len(by_value) > 2:
+        return " (default: the recipe's, see `imagegen recipes`)"
+    ordered = sorted(by_value.items(), key=lambda item: -len(item[1]))
+    parts = [(repr(value) if isinstance(value, str) else f"{value:g}")
+             + ("" if i == 0 and len(ordered) > 1 and len(names) > 3 else f" for {', '.join(names)}")
+             for i, (value, names) in enumerate(ordered)]
+    return f" (default {'; '.join(parts)})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _request_from_args(args: argparse.Namespace) -> GenerationRequest:
-    from imagegen.recipes import DEFAULT_RECIPE
+    from imagegen.options import DEFAULT_RECIPE
 
     if args.from_image is not None:
         from imagegen.parameters import request_from_infotext
@@ -175,12 +173,11 @@ def _request_from_args(args: argparse.Namespace) -> GenerationRequest:
 def _generate(args: argparse.Namespace) -> int:
     from imagegen import settings
     from imagegen.engine import Engine, EngineOptions
-
     from imagegen.recipes import get_recipe
 
     request = _request_from_args(args)
-    request.validate()  # fail on bad input before loading anything
     recipe = get_recipe(request.recipe)
+    request = request.resolve(recipe)  # every check, the recipe's prompt check included, before anything loads
     if args.grid and recipe.video:
         raise InvalidRequest("--grid tiles images; a video recipe writes videos")
     if args.save_control and not recipe.control:
@@ -268,19 +265,76 @@ def output_paths(target: Path, count: int, output_format: str, seeds: list[int])
     return [target / f"{first + i:05d}-{seed}{suffix}" for i, seed in enumerate(seeds)]
 
 
-def _recipes(args: argparse.Namespace) -> int:
-    from imagegen.recipes import RECIPES
-    from imagegen.models.sources import available_locally
+def _add_pull_parser(commands: argparse._SubParsersAction) -> None:
+    from imagegen.models.devices import DEVICES, DTYPES
+    from imagegen.models.sources import HUBS
 
+    pull = commands.add_parser(
+        "pull", help="download the files a recipe loads on this machine, to run it offline later",
+        description="Download exactly the files RECIPE loads: the half-precision files on a GPU, full precision on a "
+                    "CPU (--dtype float16 fetches a GPU's files from any machine). Honours HF_ENDPOINT, HF_HUB_CACHE "
+                    "and HF_HOME; an interrupted download resumes when run again.")
+    pull.add_argument("recipe", metavar="RECIPE", help="the recipe whose models to download (see `imagegen recipes`)")
+    pull.add_argument("--source", choices=list(HUBS), default="hf",
+                      help="hf: the Hugging Face hub (default); modelscope: ModelScope (needs imagegen[modelscope])")
+    pull.add_argument("--steps", type=int, metavar="N",
+                      help="step-distilled recipes (sdxl-lightning...): the file for N steps (default: the recipe's)")
+    pull.add_argument("--device", choices=DEVICES, default="auto", help="the device to download for (auto: this one)")
+    pull.add_argument("--dtype", choices=DTYPES, default="auto",
+                      help="the precision to download for (auto: the one the device runs the recipe in)")
+    pull.set_defaults(run=_pull)
+
+
+def _pull(args: argparse.Namespace) -> int:
+    import functools
+
+    from imagegen.engine import Engine, EngineOptions
+    from imagegen.models.pull import needed_models, pull
+    from imagegen.recipes import get_recipe
+
+    recipe = get_recipe(args.recipe)
+    steps = recipe.defaults.num_inference_steps if args.steps is None else args.steps
+    if recipe.allowed_steps and steps not in recipe.allowed_steps:
+        raise InvalidRequest(f"--steps: recipe {recipe.name} has files for {', '.join(map(str, recipe.allowed_steps))} "
+                             f"steps only, got {steps}")
+    engine = Engine(EngineOptions(device=args.device, dtype=args.dtype))
+    models = needed_models(recipe, functools.partial(engine.precision, recipe), steps)
+    if not models:
+        print(f"recipe {recipe.name} ships with imagegen: nothing to pull")
+        return 0
+    pulled = pull(models, args.source)
+    for model in pulled:
+        print(f"{model.plan.ref.name}: {len(model.plan.files)} files, {_size_text(model.plan.size)} in {model.folder}")
+    print(f"total: {_size_text(sum(model.plan.size for model in pulled))}")
+    return 0
+
+
+def _size_text(size: int) -> str:
+    """Bytes as people read them, in powers of 1000 as the hubs show sizes: 812 B, 3.4 MB, 6.9 GB."""
+    power = min((len(str(size)) - 1) // 3, 3)
+    return f"{size / 1000 ** power:.{1 if power else 0}f} {('B', 'kB', 'MB', 'GB')[power]}"
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    """The table on stdout; LOCAL says whether the files this machine's precision loads are all on disk."""
+    from imagegen.engine import Engine
+    from imagegen.recipes import RECIPES
+
+    engine = Engine()  # this machine's device and precision, as `generate` chooses them
     rows = [("RECIPE", "STEPS", "CFG", "SIZE", "LOCAL", "MODELS")]
+    missing = []
     for recipe in RECIPES.values():
         d = recipe.defaults
-        present = [available_locally(model, steps=d.num_inference_steps) for model in recipe.models.values()]
+        ready = engine.is_ready(recipe)
+        missing += [] if ready else [recipe.name]
         rows.append((recipe.name, str(d.num_inference_steps), f"{d.guidance_scale:g}", f"{d.width}x{d.height}",
-                     "yes" if all(present) else "no", " + ".join(r.name for r in recipe.models.values())))
+                     "yes" if ready else "no", " + ".join(r.name for r in recipe.models.values())))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    if missing:
+        print(f"LOCAL no: files this machine loads are missing; get them with `imagegen pull NAME` "
+              f"(e.g. imagegen pull {missing[0]})", file=sys.stderr)
     return 0
 
 

@@ -19,17 +19,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from imagegen.errors import Cancelled, InvalidOutput, InvalidRequest, ModelNotFound
 from imagegen.models.components import ComponentStore, Precision
 from imagegen.models.devices import pick_device, pick_dtype
-from imagegen.errors import Cancelled, InvalidOutput, InvalidRequest, ModelNotFound
 from imagegen.models.loras import LoraLibrary
 from imagegen.models.loras import applied as applied_loras
+from imagegen.models.pull import is_ready
+from imagegen.models.schedulers import describe, get_scheduler_choice, make_scheduler
+from imagegen.models.sources import LocalModel, ModelRef, locate, parse_model_argument
+from imagegen.outputs.results import GeneratedImage, GeneratedVideo
 from imagegen.recipes import get_recipe
 from imagegen.recipes.base import Recipe
-from imagegen.outputs.results import GeneratedImage, GeneratedVideo
 from imagegen.request import GenerationRequest
-from imagegen.models.schedulers import describe, make_scheduler
-from imagegen.models.sources import LocalModel, ModelRef, locate, parse_model_argument
 
 OFFLOAD_MODES = ("auto", "none", "model", "sequential")
 ProgressFn = Callable[[int, int], None]
@@ -42,7 +43,7 @@ class EngineOptions:
     device: str = "auto"
     dtype: str = "auto"
     # "model": whole models move to the GPU in turn; "sequential": layer by layer; "auto": the recipe's choice
-    # (the seed offloads its ControlNet pipeline), never on the CPU.
+    # (the reference tutorial offloads its ControlNet pipeline), never on the CPU.
     offload: str = "auto"
     vae_tiling: bool = False
     vae_slicing: bool = False
@@ -111,7 +112,9 @@ class Engine:
             schedulers = {slot: type(scheduler).from_config(scheduler.config)
                           for slot, scheduler in recipe_schedulers.items()}
             main_slot = recipe.scheduler_slots[0]
-            if first.scheduler:
+            # Naming the recipe's own scheduler (as a replayed infotext does) keeps it: the same class and config,
+            # and the built-in recipe stays on its diffusers-free path.
+            if first.scheduler and get_scheduler_choice(first.scheduler) != describe(recipe_schedulers[main_slot]):
                 schedulers[main_slot] = make_scheduler(first.scheduler, recipe_schedulers[main_slot].config)
             progress = _Progress(recipe.total_steps(first) * len(calls), on_step, cancel)
             for slot, scheduler in schedulers.items():
@@ -146,6 +149,11 @@ class Engine:
         if recipe.video:
             return GeneratedVideo(list(output), seed, infotext, request)
         return GeneratedImage(recipe.postprocess(output, request), seed, infotext, request)
+
+    def is_ready(self, recipe: Recipe) -> bool:
+        """Whether every file `recipe` loads in this engine's precision is on disk: it runs offline, and
+        `imagegen pull` would fetch nothing."""
+        return is_ready(recipe, functools.partial(self.precision, recipe))
 
     def precision(self, recipe: Recipe, role: str = "base") -> Precision:
         """Where and in which dtype the recipe's `role` model runs; on a GPU, offloaded as the recipe asks."""

@@ -1,65 +1,43 @@
-"""A request as AUTOMATIC1111 infotext, and back: every image carries what re-creates it."""
+"""A request as AUTOMATIC1111 infotext, and back: every image carries what re-creates it.
+
+An option with an `infotext` key in the option table is written and read under that key by its kind; the few whose
+infotext form is not one value (the size, the sampler, the model, the ControlNet unit, the LoRA hashes, each image's
+own seed) have a writer and a reader here. The table's order is the infotext's order, A1111's own.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
-from imagegen.version import __version__
 from imagegen.errors import InvalidRequest
-from imagegen.prompts.lora_tags import LoraSpec
+from imagegen.models.schedulers import SchedulerChoice, from_a1111
+from imagegen.options import OPTIONS
 from imagegen.outputs.metadata import format_infotext, parse_infotext
+from imagegen.prompts.lora_tags import LoraSpec
 from imagegen.recipes import get_recipe
 from imagegen.recipes.base import Recipe
 from imagegen.request import GenerationRequest
-from imagegen.models.schedulers import SchedulerChoice, from_a1111
+from imagegen.version import __version__
 
-
-# The options of recipes with more stages or frames: request field, infotext key, type.
-_STAGE_KEYS: tuple[tuple[str, str, type], ...] = (
-    ("decoder_steps", "Decoder steps", int),
-    ("decoder_guidance_scale", "Decoder CFG scale", float),
-    ("num_frames", "Frames", int),
-    ("fps", "FPS", int),
-    ("decode_chunk_size", "Decode chunk", int),  # SVD's temporal decoder mixes the frames decoded together
-    ("motion_bucket_id", "Motion bucket", int),
-    ("noise_aug_strength", "Noise augmentation", float),
-)
 FOREIGN_RECIPE = "sdxl"  # A1111/ComfyUI infotext names no recipe; a text prompt means a text-to-image model
 
 
-def infotext_for(request: GenerationRequest, seed: int, sampler: SchedulerChoice,
-                 lora_hashes: Sequence[tuple[LoraSpec, str]] = ()) -> str:
-    """The infotext of one image of a resolved request; `seed` is that image's own seed.
+class _Image:
+    """What the composite writers read: one image of a resolved request."""
 
-    LoRAs are written as A1111 does: their `<lora:NAME:WEIGHT>` tags in the prompt (whether they came from
-    the prompt or from --lora) and `Lora hashes: "NAME: HASH, ..."`.
-    """
-    recipe = get_recipe(request.recipe)
-    prompt = " ".join([request.prompt, *(lora.tag() for lora in request.loras)]) if request.loras else request.prompt
-    return format_infotext(
-        prompt,
-        request.negative_prompt or "",
-        {
-            "Steps": request.num_inference_steps,
-            "Sampler": sampler.a1111_name,
-            "Schedule type": sampler.a1111_schedule,
-            "CFG scale": request.guidance_scale,
-            "Denoising strength": request.strength,
-            **{key: getattr(request, name) for name, key, _ in _STAGE_KEYS},
-            "Seed": seed,
-            "Size": f"{request.width}x{request.height}",
-            "Model": request.model or recipe.models["base"].name,
-            "ControlNet 0": _controlnet_unit(request, recipe) if recipe.control else None,
-            "Lora hashes": ", ".join(f"{spec.name}: {digest}" for spec, digest in lora_hashes) or None,
-            "Recipe": recipe.name,
-            "Version": f"imagegen {__version__}",
-        },
-    )
+    def __init__(self, request: GenerationRequest, recipe: Recipe, seed: int, sampler: SchedulerChoice,
+                 lora_hashes: Sequence[tuple[LoraSpec, str]]) -> None:
+        self.request, self.recipe, self.seed = request, recipe, seed
+        self.sampler, self.lora_hashes = sampler, lora_hashes
 
 
-def _controlnet_unit(request: GenerationRequest, recipe: Recipe) -> str:
+def _controlnet_unit(image: _Image) -> str | None:
     """A1111's ControlNet extension writes each unit as one quoted "Key: value, ..." text; the same keys here."""
+    request, recipe = image.request, image.recipe
+    if not recipe.control:
+        return None
     unit = {
         "Module": "none" if request.control_is_edges else "canny",
         "Model": request.controlnet or recipe.models["controlnet"].name,
@@ -70,27 +48,56 @@ def _controlnet_unit(request: GenerationRequest, recipe: Recipe) -> str:
     return ", ".join(f"{key}: {value}" for key, value in unit.items())
 
 
+# Options whose infotext is not one plain value: option name -> the keys and values it writes.
+_WRITERS: dict[str, Callable[[_Image], dict[str, Any]]] = {
+    "scheduler": lambda image: {"Sampler": image.sampler.a1111_name, "Schedule type": image.sampler.a1111_schedule},
+    "seed": lambda image: {"Seed": image.seed},
+    "width": lambda image: {"Size": f"{image.request.width}x{image.request.height}"},
+    "model": lambda image: {"Model": image.request.model or image.recipe.models["base"].name},
+    "loras": lambda image: {"Lora hashes": ", ".join(f"{spec.name}: {digest}"
+                                                     for spec, digest in image.lora_hashes) or None},
+    "controlnet": lambda image: {"ControlNet 0": _controlnet_unit(image)},
+}
+
+
+def infotext_for(request: GenerationRequest, seed: int, sampler: SchedulerChoice,
+                 lora_hashes: Sequence[tuple[LoraSpec, str]] = ()) -> str:
+    """The infotext of one image of a resolved request; `seed` is that image's own seed.
+
+    LoRAs are written as A1111 does: their `<lora:NAME:WEIGHT>` tags in the prompt (whether they came from
+    the prompt or from --lora) and `Lora hashes: "NAME: HASH, ..."`.
+    """
+    recipe = get_recipe(request.recipe)
+    image = _Image(request, recipe, seed, sampler, lora_hashes)
+    params: dict[str, Any] = {}
+    for name, option in OPTIONS.items():
+        if name in _WRITERS:
+            params.update(_WRITERS[name](image))
+        elif option.infotext:
+            params[option.infotext] = getattr(request, name)
+    params.update({"Recipe": recipe.name, "Version": f"imagegen {__version__}"})
+    prompt = " ".join([request.prompt, *(lora.tag() for lora in request.loras)]) if request.loras else request.prompt
+    return format_infotext(prompt, request.negative_prompt or "", params)
+
+
 def request_from_infotext(text: str) -> GenerationRequest:
-    """The single-image request that re-creates an image from its infotext (ours or A1111's)."""
+    """The single-image request that re-creates an image from its infotext (ours or A1111's).
+
+    An img2img image replays only with its init image given again (--init-image), a ControlNet image with its
+    control image.
+    """
     info = parse_infotext(text)
     params = info.params
     recipe = get_recipe(params.get("Recipe", FOREIGN_RECIPE))
     try:
-        width, height = (int(v) for v in params["Size"].split("x")) if "Size" in params else (None, None)
-        request = GenerationRequest(
-            prompt=info.prompt,
-            recipe=recipe.name,
-            negative_prompt=info.negative_prompt,
-            seed=int(params["Seed"]) if "Seed" in params else None,
-            num_inference_steps=int(params["Steps"]) if "Steps" in params else None,
-            guidance_scale=float(params["CFG scale"]) if "CFG scale" in params else None,
-            # an img2img image replays only with its init image given again (--init-image)
-            strength=float(params["Denoising strength"]) if "Denoising strength" in params else None,
-            width=width,
-            height=height,
-        )
+        options: dict[str, Any] = {name: option.kind(params[option.infotext]) for name, option in OPTIONS.items()
+                                   if option.infotext and option.infotext in params}
+        if "Size" in params:
+            options["width"], options["height"] = (int(side) for side in params["Size"].split("x"))
     except ValueError as error:
         raise InvalidRequest(f"the image's parameters cannot be read: {error}") from None
+    request = GenerationRequest(prompt=info.prompt, recipe=recipe.name, negative_prompt=info.negative_prompt,
+                                **options)
     # Only our own infotext names a model we can load; A1111's names a checkpoint file of its own.
     model = params.get("Model") if "Recipe" in params else None
     scheduler = from_a1111(params["Sampler"], params.get("Schedule type")) if "Sampler" in params else None
@@ -98,23 +105,17 @@ def request_from_infotext(text: str) -> GenerationRequest:
         request,
         model=None if model in (None, recipe.models["base"].name) else model,
         scheduler=scheduler,
-        **_stage_options(params),
         **(_controlnet_options(params["ControlNet 0"], recipe) if "ControlNet 0" in params and recipe.control else {}),
     )
 
 
-def _stage_options(params: dict[str, str]) -> dict[str, object]:
-    try:
-        return {name: kind(params[key]) for name, key, kind in _STAGE_KEYS if key in params}
-    except ValueError as error:
-        raise InvalidRequest(f"the image's parameters cannot be read: {error}") from None
-
-
 def _controlnet_options(text: str, recipe: Recipe) -> dict[str, object]:
-    """The options of our ControlNet unit (the control image itself must be given again, as an init image)."""
+    """The options of our ControlNet unit (the control image itself must be given again)."""
     unit = dict(part.split(": ", 1) for part in text.split(", ") if ": " in part)
     try:
-        options: dict[str, object] = {"controlnet_conditioning_scale": float(unit["Weight"])} if "Weight" in unit else {}
+        options: dict[str, object] = {}
+        if "Weight" in unit:
+            options["controlnet_conditioning_scale"] = float(unit["Weight"])
         if unit.get("Module") == "none":
             options["control_is_edges"] = True
         options.update({name: int(unit[key]) for name, key in (("canny_low", "Threshold A"),

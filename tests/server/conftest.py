@@ -23,6 +23,10 @@ class Server:
     data_dir: Path
     process: subprocess.Popen
     api_key: str | None
+    log: Path  # what the process printed (stdout and stderr)
+
+    def output(self) -> str:
+        return self.log.read_text()
 
     def client(self, **options) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -41,15 +45,18 @@ def start_server(data_dir: Path, env: dict[str, str], *args: str, api_key: str |
     port = port or free_port()
     command = [sys.executable, "-m", "imagegen.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
                "--device", "cpu", *(["--api-key", api_key] if api_key else []), *args]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A file, not a pipe: a pipe nobody reads would block the server once its buffer is full.
+    log = data_dir.with_name(f"{data_dir.name}-{port}.log")
+    with log.open("w") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"imagegen serve exited: {process.stdout.read()}")
+            raise RuntimeError(f"imagegen serve exited: {log.read_text()}")
         try:
             if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                return Server(url, data_dir, process, api_key)
+                return Server(url, data_dir, process, api_key, log)
         except httpx.HTTPError:
             pass
         time.sleep(0.2)

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from imagegen.outputs.metadata import parse_infotext
-from imagegen.recipes import DEFAULT_RECIPE, RECIPES
+from imagegen.options import DEFAULT_RECIPE
+from imagegen.recipes import RECIPES
 
 ERROR_KEYS = {"error", "detail", "body", "errors"}  # A1111's error body
 
@@ -118,6 +119,8 @@ def test_samplers_models_and_options_round_trip(server) -> None:
         ("txt2img", {"prompt": "7", "enable_hr": True}, "unsupported option(s): enable_hr"),
         ("txt2img", {"prompt": "7", "batch_size": 4, "n_iter": 5}, "batch_size x n_iter = 20 images"),
         ("txt2img", {"prompt": "7", "width": 100}, "width must be a multiple of 8"),
+        ("txt2img", {"prompt": "banana", "override_settings": {"sd_model_checkpoint": "digits"}},
+         "this model knows no class 'banana'"),
         ("txt2img", {"prompt": "7", "override_settings": {"sd_model_checkpoint": "svd"}}, "unknown checkpoint 'svd'"),
         ("img2img", {"prompt": "7"}, "img2img needs init_images"),
         ("img2img", {"prompt": "7", "init_images": ["bm90IGFuIGltYWdl"],

@@ -77,6 +77,8 @@ def test_cancel_a_queued_job_and_the_history_lists_it(server) -> None:
         ({"prompt": "a", "recipe": "sd15", "model": "/etc"}, 422, "name a hub id"),
         ({"prompt": "a", "recipe": "sd15", "model": "org/repo/../../x"}, 422, "name a hub id"),
         ({"prompt": "a", "recipe": "sd15", "init_image": "bm90IGFuIGltYWdl"}, 422, "init image is not an image"),
+        ({"prompt": "banana", "recipe": "digits"}, 422, "this model knows no class 'banana'"),
+        ({"prompt": " ", "recipe": "digits"}, 422, "this model needs a class as its prompt"),
     ],
 )
 def test_bad_requests_are_refused_with_the_reason(server, body, status, message) -> None:

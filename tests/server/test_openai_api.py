@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from imagegen.outputs.metadata import parse_infotext, read_infotext
-from imagegen.recipes import DEFAULT_RECIPE, RECIPES
+from imagegen.options import DEFAULT_RECIPE
+from imagegen.recipes import RECIPES
 
 from server.conftest import start_server
 
@@ -102,20 +103,33 @@ def test_errors_have_openais_shape(server) -> None:
     assert broken.status_code == 400 and broken.json()["error"]["type"] == "invalid_request_error"
 
 
-def test_a_failed_job_is_a_server_error_the_client_does_not_retry(server) -> None:
-    """The digits model knows no class "no such digit": the job fails when it runs. OpenAI's client retries a 500
-    unless told not to, which would run the failing job again."""
-    def failing_jobs(client: httpx.Client) -> int:
+def test_a_prompt_the_model_cannot_read_is_refused_before_it_queues(server) -> None:
+    """The digits model knows no class "no such digit": the request is at fault, so it is a 400 and no job."""
+    def jobs_with_the_prompt(client: httpx.Client) -> int:
         jobs = client.get("/v1/jobs", params={"limit": 200}).json()["jobs"]
         return sum(job["prompt"] == "no such digit" for job in jobs)
 
     with server.client() as client:
-        before = failing_jobs(client)
-        with pytest.raises(openai.InternalServerError) as raised:
+        before = jobs_with_the_prompt(client)
+        with pytest.raises(openai.BadRequestError) as raised:
             openai_client(server).images.generate(model="digits", prompt="no such digit")
-        assert failing_jobs(client) == before + 1
-    assert (raised.value.body["type"], raised.value.body["code"]) == ("server_error", "job_failed")
+        assert jobs_with_the_prompt(client) == before
+    assert raised.value.body["type"] == "invalid_request_error"
     assert "this model knows no class 'no such digit'" in raised.value.body["message"]
+
+
+def test_a_job_that_fails_when_it_runs_has_its_errors_status_and_is_not_retried(server) -> None:
+    """An SD 1.5 LoRA on SDXL-Turbo is found not to fit only once the job runs: the client's mistake (404, the
+    model lacks what the LoRA needs), answered with x-should-retry: false, since OpenAI's client would otherwise
+    run the failing job again."""
+    with server.client() as client:
+        before = len(client.get("/v1/jobs", params={"limit": 200}).json()["jobs"])
+        with pytest.raises(openai.NotFoundError) as raised:
+            openai_client(server).images.generate(model="sdxl-turbo", prompt="a cat <lora:sd15_peft:1>", size="64x64")
+        assert len(client.get("/v1/jobs", params={"limit": 200}).json()["jobs"]) == before + 1
+    assert raised.value.response.headers["x-should-retry"] == "false"
+    assert (raised.value.body["type"], raised.value.body["code"]) == ("invalid_request_error", "job_failed")
+    assert "does not fit this model" in raised.value.body["message"]
 
 
 def test_a_client_that_disconnects_does_not_lose_its_job(server) -> None:

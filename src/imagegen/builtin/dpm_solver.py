@@ -132,7 +132,8 @@ class DPMSolverPlusPlus2M:
         else:  # "trailing"
             ratio = config.num_train_timesteps / num_inference_steps
             timesteps = np.arange(last, 0, -ratio).round().copy().astype(np.int64) - 1
-        all_sigmas = np.array(((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5)
+        # .numpy(), not np.array(tensor): numpy 2 asks __array__ for copy=, which torch's does not take (a warning).
+        all_sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()  # (T,)
         sigmas = np.interp(timesteps, np.arange(0, len(all_sigmas)), all_sigmas)
         last_sigma = 0 if config.final_sigmas_type == "zero" else all_sigmas[0]
         self.sigmas = torch.from_numpy(np.concatenate([sigmas, [last_sigma]]).astype(np.float32))  # (S+1,)

@@ -3,7 +3,7 @@
 While Stable Cascade was new, diffusers renamed StableCascadeUNet's `c_in`/`c_out` to `in_channels`/
 `out_channels`. A config using the other name than the installed diffusers has its value ignored, the
 default (16 channels) is used, and loading fails with "embedding.1.weight expected shape ... (320, 64, 1, 1),
-but got torch.Size([320, 16, 1, 1])" (the seed's Tips, whose fix is editing the cached config.json). Here
+but got torch.Size([320, 16, 1, 1])" (the reference tutorial's Tips, whose fix is editing the cached config.json). Here
 the value is passed under the name this diffusers expects; the user's file is left as it is.
 """
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from imagegen import settings
 from imagegen.errors import InvalidRequest, ModelNotFound, UnsafeWeights
-from imagegen.prompts.lora_tags import LoraSpec
 from imagegen.models.sources import PICKLE_SUFFIXES, ModelRef, RepoKind, locate
+from imagegen.prompts.lora_tags import LoraSpec
 
 _SUFFIX = ".safetensors"
 _DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"  # what diffusers' training scripts save

@@ -3,21 +3,28 @@
 Order: a local path given by the user; the Hugging Face cache; the ModelScope cache; then, unless
 HF_HUB_OFFLINE is set, the Hugging Face hub and ModelScope (when its extra is installed). A model
 found nowhere raises ModelNotFound naming the model, every place looked at and how to get it.
-Weights are safetensors only unless the caller explicitly allows pickle files.
+Weights are safetensors only unless the caller explicitly allows pickle files. What a download fetches
+is `download_plan`'s choice from the repo's listing, which `imagegen pull` and its ready check share.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from fnmatch import fnmatch
 from pathlib import Path
+from typing import Any, TypeVar
 
 from imagegen import settings
 from imagegen.errors import ModelNotFound, UnsafeWeights
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 _METADATA_PATTERNS = ["*.json", "*.txt", "tokenizer*/*"]
+HUBS = {"hf": "the Hugging Face hub", "modelscope": "ModelScope hub"}  # where models download from, as messages say
+_T = TypeVar("_T")
 
 
 class RepoKind(Enum):
@@ -75,7 +82,8 @@ def parse_model_argument(value: str, *, allow_pickle: bool = False) -> ModelRef 
         raise ModelNotFound(
             f"model {value!r}: no such file or folder, and it is not a hub id of the form 'org/name[/subfolder]'"
         )
-    # The same id is tried on both hubs: many models (the seed's majicmixRealistic_v6) exist on ModelScope only.
+    # The same id is tried on both hubs: many models (the reference tutorial's majicmixRealistic_v6) exist on
+    # ModelScope only.
     repo = "/".join(parts[:2])
     return ModelRef(repo, repo, subfolder="/".join(parts[2:]) or None)
 
@@ -101,13 +109,12 @@ def locate(ref: ModelRef, *, filename: str | None = None, variant: str | None = 
     if settings.hf_offline():
         looked.append("the Hugging Face hub: not asked, HF_HUB_OFFLINE is set")
     else:
-        for fetch in (_hf_fetch, _modelscope_fetch):
-            # "*" matches "/" in hub patterns, so full precision must exclude the half-precision copies itself.
-            ignore = [] if variant else ["*.fp16.*"]
-            folder = fetch(ref, _patterns(ref, filename, variant, allow_pickle), looked, ignore)
-            if folder is not None and _holds(folder, ref, filename):
-                _fetch_missing_defaults(ref, folder, variant, allow_pickle)
-                return _inside(folder, ref)
+        for source in HUBS if ref.modelscope_id else ["hf"]:
+            try:
+                return download(plan_download(ref, source, filename=filename, variant=variant,
+                                              allow_pickle=allow_pickle))
+            except ModelNotFound as error:
+                looked.append(str(error))
     how = f"`hf download {ref.hf_id}`"
     if ref.modelscope_id:
         how += f" or `modelscope download --model {ref.modelscope_id}`"
@@ -118,11 +125,166 @@ def locate(ref: ModelRef, *, filename: str | None = None, variant: str | None = 
     )
 
 
-def available_locally(model: ModelRef | LocalModel, *, steps: int) -> bool:
-    """Whether `model` can be loaded without the network (for a FILES repo: its file for `steps`)."""
-    if isinstance(model, LocalModel):
-        return model.path.exists()
-    return find_cached(model, filename=model.file_for(steps)) is not None
+@dataclass(frozen=True)
+class DownloadPlan:
+    """The files of one model to fetch from one hub (`source`, a key of HUBS), by repo path, with their sizes."""
+
+    ref: ModelRef
+    source: str
+    files: dict[str, int]
+
+    @property
+    def size(self) -> int:
+        """Bytes, as the hub reports them."""
+        return sum(self.files.values())
+
+
+def download_plan(ref: ModelRef, files: Iterable[str], *, filename: str | None = None, variant: str | None = None,
+                  allow_pickle: bool = False, model_index: Mapping[str, Any] | None = None) -> list[str]:
+    """The files of `ref` that imagegen loads, chosen from its repo's listing `files`: configs, tokenizers, and the
+    weights of one precision in each model folder, as ComponentStore will load them.
+
+    `locate` (what generation downloads), `imagegen pull` and the ready check of `imagegen recipes` all choose with
+    this one function, so that what is fetched and what counts as complete never differ. Pipeline repos also hold
+    single-file checkpoints at their root (7 GB for SDXL) and folders no pipeline loads (Stable Cascade's *_lite):
+    files are taken from the component folders that its `model_index` (the parsed model_index.json) names, from every
+    folder when it is not known.
+    """
+    within = f"{ref.subfolder}/" if ref.subfolder else ""
+    names = sorted(name[len(within):] for name in files if name.startswith(within))
+    # [library, class] entries; [null, null] ones (no safety checker) are not loaded
+    components = None if model_index is None else {
+        name for name, value in model_index.items() if isinstance(value, list) and value and value[0] is not None}
+    if ref.kind is RepoKind.FILES:
+        return [within + name for name in names
+                if (name == filename if filename else "/" not in name and name.endswith(".safetensors"))]
+    folders: dict[str, list[str]] = {}
+    for name in names:
+        top = name.split("/")[0] if "/" in name else ""
+        if ref.kind is RepoKind.PIPELINE and top and components is not None and top not in components:
+            continue
+        folders.setdefault(name.rpartition("/")[0], []).append(name)
+    chosen: list[str] = []
+    for folder, in_folder in folders.items():
+        chosen += [name for name in in_folder if any(fnmatch(name, pattern) for pattern in _METADATA_PATTERNS)]
+        holds_weights = bool(folder) and "/" not in folder if ref.kind is RepoKind.PIPELINE else not folder
+        if holds_weights:
+            chosen += _one_precision(in_folder, variant, allow_pickle)
+    return [within + name for name in sorted(set(chosen))]
+
+
+def _one_precision(names: list[str], variant: str | None, allow_pickle: bool) -> list[str]:
+    """A folder's weights in one precision: the wanted variant, else the default files, else any variant (which
+    ComponentStore loads and casts); safetensors, unless only pickle files exist and they are allowed."""
+    suffixes = (".safetensors", ".bin") if allow_pickle else (".safetensors",)
+    by_variant: dict[str | None, list[str]] = {}
+    for name in names:
+        if name.endswith(suffixes):
+            by_variant.setdefault(_variant_of(name), []).append(name)
+    for wanted in (variant, None, *sorted(v for v in by_variant if v)):
+        group = by_variant.get(wanted, [])
+        if group:
+            return [name for name in group if name.endswith(".safetensors")] or group
+    return []
+
+
+def _variant_of(name: str) -> str | None:
+    """"model.fp16.safetensors" and its shards "model.fp16-00001-of-00002.safetensors" are fp16; "model.safetensors"
+    and "model-00001-of-00002.safetensors" no variant (diffusers' and transformers' naming)."""
+    parts = name.rsplit("/", 1)[-1].split(".")
+    return parts[-2].split("-")[0] if len(parts) > 2 else None
+
+
+def plan_download(ref: ModelRef, source: str, *, filename: str | None = None, variant: str | None = None,
+                  allow_pickle: bool = False) -> DownloadPlan:
+    """Ask hub `source` for the repo's listing and choose from it with download_plan.
+
+    A pipeline's model_index.json, which names its components, is fetched into the cache first (it belongs to every
+    plan). Raises ModelNotFound saying which hub failed and why, or what the repo lacks.
+    """
+    if source == "modelscope" and not ref.modelscope_id:
+        raise ModelNotFound(f"{HUBS[source]}: {ref.name} has no ModelScope copy that imagegen knows of; "
+                            "use the Hugging Face hub")
+    if source == "modelscope" and importlib.util.find_spec("modelscope") is None:
+        raise ModelNotFound(f"{HUBS[source]}: not asked, install imagegen[modelscope] to use it")
+    listing = _ask(source, lambda: _LISTINGS[source](ref))
+    within = f"{ref.subfolder}/" if ref.subfolder else ""
+    model_index = None
+    if ref.kind is RepoKind.PIPELINE and f"{within}model_index.json" in listing:
+        folder = _ask(source, lambda: _DOWNLOADS[source](ref, [f"{within}model_index.json"]))
+        model_index = _read_model_index(_inside(folder, ref))
+    files = download_plan(ref, listing, filename=filename, variant=variant, allow_pickle=allow_pickle,
+                          model_index=model_index)
+    marker = _marker(ref, filename)
+    if not files or (marker is not None and within + marker not in files):
+        raise ModelNotFound(f"{HUBS[source]}: {ref.name} has no {marker or '.safetensors file'}")
+    return DownloadPlan(ref, source, {name: listing[name] for name in files})
+
+
+def download(plan: DownloadPlan) -> Path:
+    """Fetch the plan's files into its hub's cache and return the model's folder.
+
+    huggingface_hub shows progress bars on stderr, keeps the files already there and resumes an interrupted one.
+    """
+    folder = _ask(plan.source, lambda: _DOWNLOADS[plan.source](plan.ref, list(plan.files)))
+    missing = [name for name in plan.files if not (folder / name).is_file()]
+    if missing:
+        raise ModelNotFound(f"{HUBS[plan.source]}: the download of {plan.ref.name} stopped before {missing[0]}; "
+                            "run it again to resume")
+    return _inside(folder, plan.ref)
+
+
+def fully_cached(ref: ModelRef, *, filename: str | None = None, variant: str | None = None,
+                 allow_pickle: bool = False) -> bool:
+    """Whether a cache holds every file that download_plan chooses: nothing would be downloaded. Never touches the
+    network.
+
+    The plan is made from the repo's listing as huggingface_hub recorded it at download time (trees/<commit>.json),
+    so that a cache holding the fp32 files only is not complete for a GPU, which wants the fp16 ones; caches without
+    that record (ModelScope's, older huggingface_hub's) are judged by the files they hold.
+    """
+    marker = _marker(ref, filename)
+    within = f"{ref.subfolder}/" if ref.subfolder else ""
+    for folder, listing in _cached_listings(ref):
+        files = download_plan(ref, listing, filename=filename, variant=variant, allow_pickle=allow_pickle,
+                              model_index=_read_model_index(_inside(folder, ref)))
+        if files and (marker is None or within + marker in files) and all((folder / f).is_file() for f in files):
+            return True
+    return False
+
+
+def _cached_listings(ref: ModelRef) -> Iterable[tuple[Path, list[str]]]:
+    """Each cached copy of the repo, with the listing of the repo it came from."""
+    hf = _hf_cached(ref, [])
+    if hf is not None:
+        record = hf.parent.parent / "trees" / f"{hf.name}.json"
+        try:
+            yield hf, list(json.loads(record.read_text())["files"])
+        except (OSError, ValueError, KeyError, TypeError):
+            yield hf, _files_in(hf)
+    modelscope = _modelscope_cached(ref, [])
+    if modelscope is not None:
+        yield modelscope, _files_in(modelscope)
+
+
+def _files_in(folder: Path) -> list[str]:
+    return [path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()]
+
+
+def _read_model_index(folder: Path) -> dict[str, Any] | None:
+    """A pipeline's model_index.json; None when there is none that reads as a JSON object (a model repo)."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return index if isinstance(index, dict) else None
+
+
+def _marker(ref: ModelRef, filename: str | None) -> str | None:
+    """The file whose presence says the model is there (none for a FILES repo asked for any of its files)."""
+    if ref.kind is RepoKind.FILES:
+        return filename
+    return "model_index.json" if ref.kind is RepoKind.PIPELINE else "config.json"
 
 
 def find_cached(ref: ModelRef, *, filename: str | None = None, looked: list[str] | None = None) -> Path | None:
@@ -137,9 +299,8 @@ def find_cached(ref: ModelRef, *, filename: str | None = None, looked: list[str]
 def _holds(folder: Path, ref: ModelRef, filename: str | None) -> bool:
     """Whether the repo folder has the model: its marker file, or for loose files any safetensors file."""
     model = _inside(folder, ref)
-    if ref.kind is RepoKind.FILES and filename is None:
-        return any(model.glob("*.safetensors"))
-    return (model / (filename or ("model_index.json" if ref.kind is RepoKind.PIPELINE else "config.json"))).is_file()
+    marker = _marker(ref, filename)
+    return (model / marker).is_file() if marker else any(model.glob("*.safetensors"))
 
 
 def _inside(folder: Path, ref: ModelRef) -> Path:
@@ -172,60 +333,46 @@ def _modelscope_cached(ref: ModelRef, looked: list[str]) -> Path | None:
     return None
 
 
-def _patterns(ref: ModelRef, filename: str | None, variant: str | None, allow_pickle: bool) -> list[str]:
-    """The files worth downloading: configs, tokenizers and the weights of the wanted precision only.
-
-    Pipeline repos also hold single-file checkpoints at their root (7 GB for SDXL) that we never use,
-    so weights are only taken from component sub-folders.
-    """
-    within = f"{ref.subfolder}/" if ref.subfolder else ""
-    if ref.kind is RepoKind.FILES:
-        return [within + (filename or "*.safetensors")]
-    suffixes = [".safetensors"] + ([".bin"] if allow_pickle else [])
-    stem = f"*.{variant}" if variant else "*"
-    prefix = "*/" if ref.kind is RepoKind.PIPELINE else ""
-    return [within + pattern for pattern in _METADATA_PATTERNS] + [
-        f"{within}{prefix}{stem}{suffix}" for suffix in suffixes]
+def _ask(source: str, call: Callable[[], _T]) -> _T:
+    """Run a hub client call; any failure means "not there", said in one line naming the hub."""
+    try:
+        return call()
+    except Exception as error:  # noqa: BLE001 - timeouts, HTTP errors, missing repos: the message says which
+        reason = (str(error).splitlines() or [""])[0][:160]
+        raise ModelNotFound(f"{HUBS[source]}: {type(error).__name__}: {reason}") from None
 
 
-def _fetch_missing_defaults(ref: ModelRef, folder: Path, variant: str | None, allow_pickle: bool) -> None:
-    """A repo without fp16 files for some component falls back to that component's default files."""
-    if not variant or ref.kind is RepoKind.FILES:
-        return
-    model = _inside(folder, ref)
-    components = [p for p in model.iterdir() if p.is_dir()] if ref.kind is RepoKind.PIPELINE else [model]
-    for component in components:
-        if (component / "config.json").is_file() and not any(component.glob(f"*.{variant}.*")):
-            prefix = f"{component.relative_to(folder).as_posix()}/" if component != folder else ""
-            patterns = [f"{prefix}*.safetensors"] + ([f"{prefix}*.bin"] if allow_pickle else [])
-            _hf_fetch(ref, patterns, [])
+def _hf_listing(ref: ModelRef) -> dict[str, int]:
+    """The repo's files and sizes in one request: unlike the paginated tree listing, model_info never retries, so
+    an unreachable hub fails at once."""
+    from huggingface_hub import HfApi
+
+    info = HfApi(endpoint=settings.hf_endpoint()).model_info(ref.hf_id, files_metadata=True,
+                                                             timeout=settings.HUB_TIMEOUT_S)
+    return {sibling.rfilename: (sibling.lfs.size if sibling.lfs else sibling.size) or 0
+            for sibling in info.siblings or []}
 
 
-def _hf_fetch(ref: ModelRef, patterns: list[str], looked: list[str], ignore: list[str] | None = None) -> Path | None:
+def _hf_download(ref: ModelRef, files: list[str]) -> Path:
     from huggingface_hub import snapshot_download
 
-    try:
-        return Path(snapshot_download(ref.hf_id, cache_dir=settings.hf_hub_cache(), allow_patterns=patterns,
-                                      ignore_patterns=ignore, etag_timeout=settings.HUB_TIMEOUT_S,
-                                      endpoint=settings.hf_endpoint()))
-    except Exception as error:  # noqa: BLE001 - any hub failure means "not there"; we say why below
-        looked.append(f"the Hugging Face hub: {type(error).__name__}: {str(error).splitlines()[0][:160]}")
-        return None
+    return Path(snapshot_download(ref.hf_id, cache_dir=settings.hf_hub_cache(), allow_patterns=files,
+                                  etag_timeout=settings.HUB_TIMEOUT_S, endpoint=settings.hf_endpoint()))
 
 
-def _modelscope_fetch(ref: ModelRef, patterns: list[str], looked: list[str], ignore: list[str] | None = None
-                      ) -> Path | None:
-    """ModelScope's client: `ignore` is not passed on, since its name for it differs between versions."""
-    if not ref.modelscope_id:
-        return None
-    if importlib.util.find_spec("modelscope") is None:
-        looked.append("ModelScope hub: not asked, install imagegen[modelscope] to use it")
-        return None
+def _modelscope_listing(ref: ModelRef) -> dict[str, int]:
+    from modelscope.hub.api import HubApi
+
+    return {entry["Path"]: int(entry.get("Size") or 0)
+            for entry in HubApi().get_model_files(ref.modelscope_id, recursive=True) if entry.get("Type") != "tree"}
+
+
+def _modelscope_download(ref: ModelRef, files: list[str]) -> Path:
     from modelscope import snapshot_download
 
-    try:
-        return Path(snapshot_download(ref.modelscope_id, cache_dir=str(settings.modelscope_cache()),
-                                      allow_patterns=patterns))
-    except Exception as error:  # noqa: BLE001 - as for the Hugging Face hub
-        looked.append(f"ModelScope hub: {type(error).__name__}: {str(error).splitlines()[0][:160]}")
-        return None
+    return Path(snapshot_download(ref.modelscope_id, cache_dir=str(settings.modelscope_cache()), allow_patterns=files))
+
+
+_LISTINGS: dict[str, Callable[[ModelRef], dict[str, int]]] = {"hf": _hf_listing, "modelscope": _modelscope_listing}
+_DOWNLOADS: dict[str, Callable[[ModelRef, list[str]], Path]] = {"hf": _hf_download,
+                                                                "modelscope": _modelscope_download}

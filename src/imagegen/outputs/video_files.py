@@ -29,8 +29,13 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageSequence
 
 from imagegen.errors import InvalidImage, InvalidRequest, OutputError
-from imagegen.outputs.metadata import exif_with_user_comment, read_infotext, save_image, write_aside
 from imagegen.outputs.formats import MAX_GIF_FPS, VIDEO_FORMATS, VIDEO_SUFFIXES
+from imagegen.outputs.metadata import (
+    exif_with_user_comment,
+    read_infotext,
+    save_image,
+    write_aside,
+)
 
 if TYPE_CHECKING:
     import numpy

@@ -1,9 +1,9 @@
-"""Stable Cascade as the seed runs it: the prior's image embeddings handed to the decoder, two calls.
+"""Stable Cascade as the reference tutorial runs it: the prior's image embeddings handed to the decoder, two calls.
 
-diffusers' StableCascadeCombinedPipeline differs from the seed: it hands the prior's text embeddings
+diffusers' StableCascadeCombinedPipeline differs from the reference tutorial: it hands the prior's text embeddings
 (from the prior's bf16 encoder) to the decoder instead of letting the decoder encode the prompt with its
-own encoder, so its images differ. This class makes exactly the seed's two calls; the cast of the
-embeddings to the decoder's dtype is the seed's `.half()`.
+own encoder, so its images differ. This class makes exactly the reference tutorial's two calls; the cast of the
+embeddings to the decoder's dtype is the reference tutorial's `.half()`.
 """
 
 from __future__ import annotations

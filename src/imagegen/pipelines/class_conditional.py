@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from imagegen.models.class_names import labels_from
+
 Generators = torch.Generator | list[torch.Generator] | None
 
 
@@ -25,11 +27,6 @@ class SampledImages:
     """As diffusers' ImagePipelineOutput: PIL images, a (N, H, W, C) array or a (N, C, H, W) tensor in [0, 1]."""
 
     images: Any
-
-
-def labels_from(id2label: dict[str, str] | None) -> dict[str, int]:
-    """Name -> class id, as DiTPipeline.labels: the entry "7, seven" gives both names."""
-    return {name.strip(): int(key) for key, names in (id2label or {}).items() for name in names.split(",")}
 
 
 def draw_noise(shape: tuple[int, ...], *, generator: Generators, device: torch.device,

@@ -13,9 +13,10 @@ if TYPE_CHECKING:
 
 
 def control_image(request: GenerationRequest) -> Image.Image:
-    """The resolved request's control image, as the seed prepares it (the pipeline resizes it to the output).
+    """The resolved request's control image, as the reference tutorial prepares it (the pipeline resizes it to the
+    output).
 
-    The seed runs OpenCV's Canny on the RGB array itself: for a colour image OpenCV takes, per pixel, the
+    The reference tutorial runs OpenCV's Canny on the RGB array itself: for a colour image OpenCV takes, per pixel, the
     channel with the strongest gradient, which finds edges between colours of equal brightness too.
     """
     if request.control_image is None:

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 
-from imagegen.pipelines.class_conditional import Generators, labels_from, sample, to_output
+from imagegen.models.class_names import labels_from
+from imagegen.pipelines.class_conditional import Generators, sample, to_output
 
 
 class ClassConditionalDiTPipeline(DiffusionPipeline):

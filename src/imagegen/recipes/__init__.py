@@ -11,7 +11,6 @@ RECIPES: dict[str, Recipe] = {
     for module in (dit, sdxl, sd15, cascade, controlnet, video)
     for recipe in module.RECIPES
 }
-DEFAULT_RECIPE = "digits"  # the built-in model: the default works offline on a fresh machine
 
 
 def get_recipe(name: str) -> Recipe:
@@ -19,3 +18,4 @@ def get_recipe(name: str) -> Recipe:
         return RECIPES[name]
     except KeyError:
         raise InvalidRequest(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}") from None
+

@@ -7,41 +7,38 @@ that pipeline with the arguments the recipe derives from the request.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from imagegen.errors import InvalidRequest
-from imagegen.outputs.formats import OUTPUT_FORMATS, VIDEO_FORMATS
-from imagegen.request import STAGE_OPTIONS, GenerationRequest
 from imagegen.models.sources import LocalModel, ModelRef
+from imagegen.options import OPTIONS, STAGE_OPTIONS
+from imagegen.outputs.formats import OUTPUT_FORMATS, VIDEO_FORMATS
+from imagegen.request import GenerationRequest
 
 
-@dataclass(frozen=True)
-class Defaults:
-    """The seed's parameters for a recipe; every request option left out takes these."""
+def _defaults_fields() -> list[tuple[str, str, Any]]:
+    """Defaults' fields: the option table's per-recipe options (required unless the table gives a fallback or the
+    option belongs to a stage only some recipes have), then the img2img values where they differ."""
+    fields = []
+    for name, option in OPTIONS.items():
+        if option.per_recipe:
+            required = option.default is None and not option.stage
+            default = dataclasses.field() if required else dataclasses.field(default=option.default)
+            fields.append((name, f"{option.kind.__name__}{'' if required else ' | None'}", default))
+    # img2img's steps where they differ (SDXL-Turbo's model card: 2 steps x strength 0.5, since one step at A1111's
+    # strength 0.75 would denoise for no step at all).
+    fields.append(("img2img_steps", "int | None", dataclasses.field(default=None)))
+    return fields
 
-    num_inference_steps: int
-    guidance_scale: float
-    width: int
-    height: int
-    negative_prompt: str = ""
-    # Options of the recipes that have them; None means the recipe has no such stage or input.
-    controlnet_conditioning_scale: float | None = None
-    canny_low: int | None = None
-    canny_high: int | None = None
-    decoder_steps: int | None = None
-    decoder_guidance_scale: float | None = None
-    num_frames: int | None = None
-    fps: int | None = None
-    decode_chunk_size: int | None = None
-    motion_bucket_id: int | None = None
-    noise_aug_strength: float | None = None
-    # img2img and inpainting, where they differ (SDXL-Turbo's model card: 2 steps x strength 0.5, since one step
-    # at A1111's strength 0.75 would denoise for no step at all)
-    img2img_steps: int | None = None
-    img2img_strength: float | None = None
+
+Defaults = dataclasses.make_dataclass("Defaults", _defaults_fields(), frozen=True, kw_only=True, namespace={
+    "__doc__": """The recipe's parameters (its model card's or reference code's); every request option left out takes
+    these. A stage option left None means the recipe has no such stage or input."""})
+Defaults.__module__ = __name__
 
 
 class BuildContext(Protocol):
@@ -81,7 +78,7 @@ PostprocessFn = Callable[[Any, GenerationRequest], Any]
 def text_to_image_arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
     """The pipeline call of a text-to-image recipe, and of its img2img and inpainting forms.
 
-    An empty negative prompt is passed as None, as the seed's code does by leaving it out: SDXL then
+    An empty negative prompt is passed as None, as the reference tutorial's code does by leaving it out: SDXL then
     uses zero embeddings (force_zeros_for_empty_prompt) where "" would encode the empty text.
     Init images and masks are resized to the requested size, as A1111 does.
     """
@@ -130,6 +127,9 @@ class Recipe:
     video: bool = False  # the pipeline returns frames; results are GeneratedVideo
     max_frames: int | None = None  # below the general limit where the model's temporal layers stop
     takes_prompt: bool = True  # SVD is conditioned on its input image only
+    # Refuses a prompt the model cannot read, before anything loads: given the prompt and the base model (None when
+    # the request replaces it, whose classes are known only once loaded). None: any text is a prompt.
+    check_prompt: Callable[[str, ModelRef | LocalModel | None], None] | None = None
     one_seed_per_call: bool = False  # batch members would influence each other (SVD)
     batches_prompts: bool = False  # its pipeline takes a list of prompts: a server may batch requests
     takes_loras: bool = False
@@ -179,6 +179,8 @@ class Recipe:
                                  f"choose one of {', '.join(formats)}, not {request.output_format}")
         if request.prompt and not self.takes_prompt:
             raise InvalidRequest(f"recipe {self.name} takes no prompt: it is conditioned on the input image only")
+        if self.check_prompt is not None:
+            self.check_prompt(request.prompt, None if request.model else self.models["base"])
         if self.max_frames and request.num_frames > self.max_frames:
             raise InvalidRequest(f"recipe {self.name} makes at most {self.max_frames} frames, got {request.num_frames}")
         if self.image_conditioned and request.init_image is None:

@@ -1,6 +1,6 @@
 """Stable Cascade (Würstchen v3): a prior makes 24x24 image embeddings, a decoder turns them into pixels.
 
-Working in a latent 42 times smaller than the image is what makes it fast; the seed runs the prior in
+Working in a latent 42 times smaller than the image is what makes it fast; the reference tutorial runs the prior in
 bfloat16 (its weights were trained so) and the decoder in float16.
 """
 
@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from imagegen.recipes.base import BuildContext, Defaults, Recipe, text_to_image_arguments
-from imagegen.request import GenerationRequest
 from imagegen.models.sources import ModelRef
+from imagegen.recipes.base import (
+    BuildContext,
+    Defaults,
+    Recipe,
+    text_to_image_arguments,
+)
+from imagegen.request import GenerationRequest
 
 # The repos publish their half-precision weights as the "bf16" variant.
 CASCADE_PRIOR = ModelRef("stabilityai/stable-cascade-prior", "AI-ModelScope/stable-cascade-prior", half_variant="bf16")

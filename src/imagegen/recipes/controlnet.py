@@ -1,7 +1,7 @@
-"""SDXL with a ControlNet: the seed's Canny ControlNet, or any SDXL ControlNet given with --controlnet.
+"""SDXL with a ControlNet: the reference tutorial's Canny ControlNet, or any SDXL ControlNet given with --controlnet.
 
 The stock SDXL VAE overflows in float16 (black or NaN images); madebyollin's fp16-fix VAE is the same
-decoder rescaled to stay in range, so the seed swaps it in.
+decoder rescaled to stay in range, so the reference tutorial swaps it in.
 """
 
 from __future__ import annotations
@@ -9,10 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from imagegen.errors import InvalidRequest
-from imagegen.recipes.base import BuildContext, Defaults, Recipe, text_to_image_arguments
+from imagegen.models.sources import ModelRef, RepoKind
+from imagegen.recipes.base import (
+    BuildContext,
+    Defaults,
+    Recipe,
+    text_to_image_arguments,
+)
 from imagegen.recipes.sdxl import SDXL_BASE
 from imagegen.request import GenerationRequest
-from imagegen.models.sources import ModelRef, RepoKind
 
 CONTROLNET_CANNY_SDXL = ModelRef("diffusers/controlnet-canny-sdxl-1.0", "AI-ModelScope/controlnet-canny-sdxl-1.0",
                                  RepoKind.MODEL)
@@ -43,7 +48,7 @@ SDXL_CONTROLNET_CANNY = Recipe(
     name="sdxl-controlnet-canny",
     summary="SDXL base + Canny ControlNet (OpenCV edges 100/200), fp16-fix VAE, CPU offload on GPU",
     models={"base": SDXL_BASE, "controlnet": CONTROLNET_CANNY_SDXL, "vae": SDXL_VAE_FP16_FIX},
-    # The seed leaves steps, guidance and size to the pipeline: 50 steps, guidance 5.0, the control
+    # The reference tutorial leaves steps, guidance and size to the pipeline: 50 steps, guidance 5.0, the control
     # image's size (resolve takes it from the image when --width/--height are not given).
     defaults=Defaults(num_inference_steps=50, guidance_scale=5.0, width=1024, height=1024,
                       negative_prompt="low quality, bad quality, sketches", controlnet_conditioning_scale=0.5,

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from imagegen.errors import InvalidRequest
-from imagegen.recipes.base import BuildContext, Defaults, Recipe
-from imagegen.recipes.class_labels import class_id
-from imagegen.request import GenerationRequest
 from imagegen.models.sources import LocalModel, ModelRef
+from imagegen.recipes.base import BuildContext, Defaults, Recipe
+from imagegen.recipes.class_labels import check_class_prompt, class_id
+from imagegen.request import GenerationRequest
 
 DIT_256 = ModelRef("facebook/DiT-XL-2-256")
 DIT_512 = ModelRef("facebook/DiT-XL-2-512")
@@ -89,6 +89,7 @@ DIT = Recipe(
     defaults=Defaults(num_inference_steps=25, guidance_scale=4.0, width=256, height=256),
     build=_dit,
     arguments=_latent_dit_arguments,
+    check_prompt=check_class_prompt,
 )
 
 DIT_512_RECIPE = replace(DIT, name="dit-512", summary="DiT-XL/2 on ImageNet, 512x512", models={"base": DIT_512},
@@ -103,6 +104,7 @@ DIGITS = Recipe(
     defaults=Defaults(num_inference_steps=15, guidance_scale=1.5, width=256, height=256),
     build=_digits,
     arguments=_pixel_dit_arguments,
+    check_prompt=check_class_prompt,
     postprocess=_enlarge,
     gpu_dtype="float32",  # 1 M parameters: half precision would save nothing and cost accuracy
     min_side=8,

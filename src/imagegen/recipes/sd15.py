@@ -1,4 +1,5 @@
-"""Stable Diffusion 1.5 and every model fine-tuned from it (the seed's majicmixRealistic with a style LoRA).
+"""Stable Diffusion 1.5 and every model fine-tuned from it (the reference tutorial's majicmixRealistic with a
+style LoRA).
 
 The safety checker is left out, as in AUTOMATIC1111 and ComfyUI: it is a 1.2 GB CLIP model whose false
 positives turn images black, and what a user may generate is the user's responsibility, not the sampler's.
@@ -8,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from imagegen.recipes.base import BuildContext, Defaults, Recipe
 from imagegen.models.sources import ModelRef
+from imagegen.recipes.base import BuildContext, Defaults, Recipe
 
 SD15 = ModelRef("stable-diffusion-v1-5/stable-diffusion-v1-5", "AI-ModelScope/stable-diffusion-v1-5")
 
@@ -22,7 +23,7 @@ SD15_RECIPE = Recipe(
     name="sd15",
     summary="Stable Diffusion 1.5 or a fine-tune of it (folder, hub id[/subfolder] or civitai .safetensors), LoRAs",
     models={"base": SD15},
-    # The seed calls the pipeline with diffusers' defaults: 50 steps, guidance 7.5, the UNet's 512x512.
+    # The reference tutorial calls the pipeline with diffusers' defaults: 50 steps, guidance 7.5, the UNet's 512x512.
     defaults=Defaults(num_inference_steps=50, guidance_scale=7.5, width=512, height=512),
     build=_without_safety_checker,
     image_inputs=True,

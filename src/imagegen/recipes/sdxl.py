@@ -1,4 +1,4 @@
-"""The SDXL family of the seed: plain SDXL, SDXL-Turbo, LCM-SDXL and SDXL-Lightning.
+"""The SDXL family of the reference tutorial: plain SDXL, SDXL-Turbo, LCM-SDXL and SDXL-Lightning.
 
 All but Turbo share the SDXL base's text encoders and VAE; only the UNet and scheduler change.
 """
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from imagegen.recipes.base import BuildContext, Defaults, Recipe
 from imagegen.models.sources import ModelRef, RepoKind
+from imagegen.recipes.base import BuildContext, Defaults, Recipe
 
 SDXL_BASE = ModelRef("stabilityai/stable-diffusion-xl-base-1.0", "AI-ModelScope/stable-diffusion-xl-base-1.0")
 SDXL_TURBO = ModelRef("stabilityai/sdxl-turbo", "AI-ModelScope/sdxl-turbo")
@@ -46,7 +46,7 @@ SDXL = Recipe(
     name="sdxl",
     summary="SDXL base 1.0, plain text-to-image",
     models={"base": SDXL_BASE},
-    # 30 steps and guidance 5.0 are diffusers' SDXL defaults, which the seed's ModelScope pipeline uses.
+    # 30 steps and guidance 5.0 are diffusers' SDXL defaults, which the reference tutorial's ModelScope pipeline uses.
     defaults=Defaults(num_inference_steps=30, guidance_scale=5.0, width=1024, height=1024),
     build=_whole_pipeline,
     image_inputs=True,
@@ -60,7 +60,7 @@ SDXL_TURBO_RECIPE = Recipe(
     models={"base": SDXL_TURBO},
     # ADD trains the student to match the teacher in one step without classifier-free guidance (guidance 0).
     defaults=Defaults(num_inference_steps=1, guidance_scale=0.0, width=512, height=512, img2img_steps=2,
-                      img2img_strength=0.5),
+                      strength=0.5),
     build=_whole_pipeline,
     image_inputs=True,
     takes_loras=True,

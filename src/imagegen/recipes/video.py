@@ -1,4 +1,4 @@
-"""Video diffusion, the seed's last chapter: a UNet with temporal layers denoises all frames together.
+"""Video diffusion, the reference tutorial's last chapter: a UNet with temporal layers denoises all frames together.
 
 `animatediff` turns any SD 1.5 model into a text-to-video model by inserting AnimateDiff's motion modules;
 `animatediff-lightning` swaps in ByteDance's distilled motion modules for 1-8 steps; `svd` (Stable Video
@@ -10,10 +10,15 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from imagegen.recipes.base import BuildContext, Defaults, Recipe, text_to_image_arguments
+from imagegen.models.sources import ModelRef, RepoKind
+from imagegen.recipes.base import (
+    BuildContext,
+    Defaults,
+    Recipe,
+    text_to_image_arguments,
+)
 from imagegen.recipes.sd15 import SD15
 from imagegen.request import GenerationRequest
-from imagegen.models.sources import ModelRef, RepoKind
 
 MOTION_ADAPTER = ModelRef("guoyww/animatediff-motion-adapter-v1-5-2", kind=RepoKind.MODEL)
 ANIMATEDIFF_LIGHTNING = ModelRef("ByteDance/AnimateDiff-Lightning", kind=RepoKind.FILES,

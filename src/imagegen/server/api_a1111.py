@@ -36,17 +36,18 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.params import Depends
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, create_model
 
-from imagegen.version import __version__
-from imagegen.errors import ImagegenError, InvalidRequest, ModelNotFound
-from imagegen.outputs.metadata import parse_infotext
-from imagegen.recipes import DEFAULT_RECIPE, RECIPES
-from imagegen.recipes.base import Recipe
-from imagegen.request import MAX_IMAGES, GenerationRequest
+from imagegen.errors import ImagegenError, InvalidRequest
 from imagegen.models.schedulers import SCHEDULERS, from_a1111
+from imagegen.options import DEFAULT_RECIPE, MAX_IMAGES, OPTIONS
+from imagegen.outputs.metadata import parse_infotext
+from imagegen.recipes import RECIPES
+from imagegen.recipes.base import Recipe
+from imagegen.request import GenerationRequest
 from imagegen.server.jobs import Job
 from imagegen.server.service import Service
+from imagegen.version import __version__
 
 AUTOMATIC = "Automatic"  # A1111's schedule type that means "the sampler's own"
 # A1111 options with no imagegen equivalent: refused when set to anything but an empty/false value.
@@ -56,27 +57,30 @@ _UNSUPPORTED = ("enable_hr", "restore_faces", "tiling", "subseed_strength", "sty
 _OWN_FIELDS = ("Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Denoising strength")
 
 
-class Txt2ImgBody(BaseModel):
-    """/sdapi/v1/txt2img's fields that imagegen reads; others are accepted (see `_UNSUPPORTED`) and echoed."""
+class _A1111Fields(BaseModel):
+    """The fields of A1111's body that are not one option of ours (see `_option_fields` for those)."""
 
     model_config = ConfigDict(extra="allow")
-    prompt: str = ""
-    negative_prompt: str | None = None
-    seed: int | None = -1  # -1 or null: random, as A1111's get_fixed_seed
     subseed: int | None = -1
-    steps: int | None = None
-    cfg_scale: float | None = None
-    width: int | None = None
-    height: int | None = None
     batch_size: int = 1
     n_iter: int = 1
     sampler_name: str | None = None
     sampler_index: str | None = None
     scheduler: str | None = None
-    denoising_strength: float | None = None
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool = True
     send_images: bool = True
+
+
+def _option_fields() -> dict[str, Any]:
+    """A1111's name and type for each option of the option table that an A1111 body carries."""
+    defaults = {"prompt": "", "seed": -1}  # seed -1 or null: random, as A1111's get_fixed_seed
+    return {option.a1111: (option.kind | None, defaults.get(option.name))
+            for option in OPTIONS.values() if option.a1111}
+
+
+Txt2ImgBody = create_model("Txt2ImgBody", __base__=_A1111Fields, __doc__="/sdapi/v1/txt2img's fields that imagegen "
+                           "reads; others are accepted (see `_UNSUPPORTED`) and echoed.", **_option_fields())
 
 
 class Img2ImgBody(Txt2ImgBody):
@@ -170,7 +174,8 @@ async def _generate(service: Service, settings: A1111Options, body: Txt2ImgBody,
         settings.checkpoint = recipe.name
     job = await service.wait(service.submit(request).id)
     if job.state == "failed":
-        return _error_response(500, "GenerationFailed", job.error or "generation failed")
+        return _error_response(job.failure_status, job.error_type or "GenerationFailed",
+                               job.error or "generation failed")
     try:
         images = await asyncio.to_thread(_encoded_images, service, job) if body.send_images else []
     except FileNotFoundError as error:
@@ -196,21 +201,17 @@ def _request_options(body: Txt2ImgBody, recipe: Recipe, *, init_image: str | Non
     if body.batch_size * body.n_iter > MAX_IMAGES:
         raise InvalidRequest(f"batch_size x n_iter = {body.batch_size * body.n_iter} images; "
                              f"at most {MAX_IMAGES} per request")
-    return {
-        "prompt": body.prompt,
-        "recipe": recipe.name,
-        "negative_prompt": body.negative_prompt,
-        "seed": None if body.seed in (None, -1) else body.seed,
-        "num_inference_steps": body.steps,
-        "guidance_scale": body.cfg_scale,
-        "width": body.width,
-        "height": body.height,
-        "num_images": body.batch_size * body.n_iter,
-        "scheduler": scheduler_for(body.sampler_name or body.sampler_index, body.scheduler),
-        "init_image": init_image,
-        "mask_image": mask,
-        "strength": body.denoising_strength if init_image is not None else None,
-    }
+    options = {option.name: dump[option.a1111] for option in OPTIONS.values() if option.a1111}
+    options.update(
+        recipe=recipe.name,
+        seed=None if body.seed in (None, -1) else body.seed,
+        num_images=body.batch_size * body.n_iter,
+        scheduler=scheduler_for(body.sampler_name or body.sampler_index, body.scheduler),
+        init_image=init_image,
+        mask_image=mask,
+        strength=options["strength"] if init_image is not None else None,
+    )
+    return options
 
 
 def scheduler_for(sampler: str | None, schedule: str | None) -> str | None:
@@ -355,7 +356,7 @@ def _timestamp(seconds: float) -> str:
 
 
 def _error(error: ImagegenError) -> JSONResponse:
-    return _error_response(404 if isinstance(error, ModelNotFound) else 422, type(error).__name__, str(error))
+    return _error_response(error.http_status, type(error).__name__, str(error))
 
 
 def _error_response(status: int, kind: str, message: str) -> JSONResponse:

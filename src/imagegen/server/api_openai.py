@@ -20,10 +20,13 @@ What a caller may rely on, where we differ from OpenAI or had to choose:
 - `revised_prompt` is the prompt the image was made from (LoRA tags taken out); the response also has `size` and
   `output_format`, and the job's id is in the `X-Imagegen-Job` header.
 - `GET /v1/models` lists the image recipes as OpenAI models (`client.models.list()`).
-- Errors have OpenAI's shape `{"error": {"message", "type", "param", "code"}}`: 400 `invalid_request_error`
-  (`param` names the field at fault where we know it), 401 `invalid_api_key`, 429 `rate_limit_error` with
-  Retry-After when the queue is full (OpenAI's client waits and retries), 500 `server_error` when the job failed
-  or was cancelled, with `x-should-retry: false` so that the client does not run a failing job again.
+- Errors have OpenAI's shape `{"error": {"message", "type", "param", "code"}}` and the status imagegen's error class
+  gives (errors.py), except that an invalid request is OpenAI's 400 where the native API answers 422:
+  400 `invalid_request_error` (`param` names the field at fault where we know it; a prompt the recipe cannot read is
+  one), 401 `invalid_api_key`, 403 for pickle weights, 404 for a model the server lacks, 429 `rate_limit_error` with
+  Retry-After when the queue is full (OpenAI's client waits and retries). A job that fails when it runs answers its
+  error's status too (code `job_failed`; 500 `server_error` when the server is at fault), a cancelled one 409
+  (`job_cancelled`), both with `x-should-retry: false` so that the client does not run the job again.
 - The call waits for its job, which is an ordinary queued job: a client that disconnects loses nothing, the job
   runs and stays in the history (GET /v1/jobs).
 """
@@ -40,12 +43,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.params import Depends
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, create_model
 
-from imagegen.errors import ImagegenError
-from imagegen.recipes import DEFAULT_RECIPE, RECIPES
-from imagegen.recipes.base import Recipe
+from imagegen.errors import ImagegenError, InvalidRequest
+from imagegen.options import DEFAULT_RECIPE, OPTIONS
 from imagegen.outputs.formats import OUTPUT_FORMATS
+from imagegen.recipes import RECIPES
+from imagegen.recipes.base import Recipe
 from imagegen.server.app import RETRY_AFTER_S
 from imagegen.server.jobs import Job, QueueFull
 from imagegen.server.service import Service
@@ -53,20 +57,17 @@ from imagegen.server.service import Service
 OPENAI_MODEL_PREFIXES = ("dall-e-", "gpt-image-", "chatgpt-image-")  # OpenAI's names: they mean the default recipe
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 # Our validation messages start with the option's name; the OpenAI field it came from is the error's `param`.
-_PARAM_OF_OPTION = {"prompt": "prompt", "num_images": "n", "width": "size", "height": "size", "seed": "seed",
-                    "num_inference_steps": "num_inference_steps", "guidance_scale": "guidance_scale"}
+_PARAM_OF_OPTION = {**{name: option.openai for name, option in OPTIONS.items() if option.openai},
+                    "width": "size", "height": "size"}
 
 
-class ImageGenerationBody(BaseModel):
-    """OpenAI's request body (strict types, unknown fields refused), with imagegen's extensions at the end."""
+class _OpenAIFields(BaseModel):
+    """OpenAI's fields that are not one option of ours (strict types, unknown fields refused)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    prompt: str
     model: str | None = None
-    n: int | None = None
     size: str | None = None
     response_format: str | None = None
-    output_format: str | None = None
     background: str | None = None
     stream: bool | None = None
     quality: str | None = None
@@ -77,19 +78,27 @@ class ImageGenerationBody(BaseModel):
     complexity: str | None = None
     user: str | None = None
     safety_identifier: str | None = None
-    seed: int | None = None
-    negative_prompt: str | None = None
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
+
+
+def _option_fields() -> dict[str, Any]:
+    """The OpenAI name and type of each option an OpenAI request carries: OpenAI's own (prompt, n, output_format)
+    and imagegen's extensions (seed, negative_prompt, ...), from the option table."""
+    return {option.openai: (option.kind, ...) if option.name == "prompt" else (option.kind | None, None)
+            for option in OPTIONS.values() if option.openai}
+
+
+ImageGenerationBody = create_model("ImageGenerationBody", __base__=_OpenAIFields, **_option_fields(),
+                                   __doc__="OpenAI's request body, with imagegen's extensions.")
 
 
 class OpenAIError(Exception):
-    """An error to answer in OpenAI's shape."""
+    """An error to answer in OpenAI's shape; its type follows from the status unless given."""
 
-    def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error", param: str | None = None,
+    def __init__(self, status: int, message: str, *, kind: str | None = None, param: str | None = None,
                  code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.kind = kind or ("server_error" if status >= 500 else "invalid_request_error")
         self.headers = headers
 
     def response(self) -> JSONResponse:
@@ -134,8 +143,14 @@ def openai_error(error: Exception) -> OpenAIError | None:
                            code="invalid_api_key" if error.status_code == 401 else None)
     if isinstance(error, ImagegenError):
         option = re.match(r"[a-z_]+", str(error))
-        return OpenAIError(400, str(error), param=_PARAM_OF_OPTION.get(option.group() if option else ""))
+        return OpenAIError(_openai_status(error.http_status), str(error),
+                           param=_PARAM_OF_OPTION.get(option.group() if option else ""))
     return None
+
+
+def _openai_status(status: int) -> int:
+    """OpenAI answers every invalid request 400 (its clients raise BadRequestError), where imagegen's is 422."""
+    return 400 if status == InvalidRequest.http_status else status
 
 
 def router(service: Service, auth: Depends) -> APIRouter:
@@ -195,18 +210,17 @@ def generation_options(body: ImageGenerationBody) -> dict[str, Any]:
             raise OpenAIError(400, f"size must be 'auto' or WIDTHxHEIGHT such as '256x256', got {body.size!r}",
                               param="size")
         width, height = int(match[1]), int(match[2])
-    options = {"prompt": body.prompt, "recipe": recipe.name, "num_images": 1 if body.n is None else body.n,
-               "width": width, "height": height, "output_format": body.output_format, "seed": body.seed,
-               "negative_prompt": body.negative_prompt, "num_inference_steps": body.num_inference_steps,
-               "guidance_scale": body.guidance_scale}
+    options = {option.name: getattr(body, option.openai) for option in OPTIONS.values() if option.openai}
+    options.update(recipe=recipe.name, width=width, height=height)
     return {name: value for name, value in options.items() if value is not None}
 
 
 def images_response(service: Service, job: Job, response_format: str, base_url: str) -> dict[str, Any]:
-    """OpenAI's ImagesResponse for a finished job; a failed or cancelled job is a 500 the client should not retry."""
+    """OpenAI's ImagesResponse for a finished job; a failed or cancelled job is an error the client should not retry,
+    with the status of its failure (Job.failure_status)."""
     if job.state != "done":
         reason = f"job {job.id} failed: {job.error}" if job.state == "failed" else f"job {job.id} was cancelled"
-        raise OpenAIError(500, reason, kind="server_error", code=f"job_{job.state}",
+        raise OpenAIError(_openai_status(job.failure_status), reason, code=f"job_{job.state}",
                           headers={"x-should-retry": "false"})
     data = []
     for result in job.results:
@@ -215,7 +229,7 @@ def images_response(service: Service, job: Job, response_format: str, base_url: 
         else:
             encoded = service.encoded_image(result["file"])
             if encoded is None:
-                raise OpenAIError(500, f"image {result['file']} of job {job.id} is gone", kind="server_error",
+                raise OpenAIError(500, f"image {result['file']} of job {job.id} is gone",
                                   headers={"x-should-retry": "false"})
             image = {"b64_json": encoded}
         data.append({**image, "revised_prompt": job.request.prompt})

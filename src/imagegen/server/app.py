@@ -12,18 +12,22 @@ from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    StreamingResponse,
+)
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from starlette.datastructures import UploadFile
 
-from imagegen.errors import ImagegenError, InvalidRequest, ModelNotFound
+from imagegen.errors import ImagegenError, InvalidRequest
 from imagegen.request import GenerationRequest
 from imagegen.server.jobs import FINISHED, Job, QueueFull
 from imagegen.server.service import IMAGE_FIELDS, ServerStopping, Service
 
 RETRY_AFTER_S = 5
 STOPPING_DETAIL = "the server is shutting down; the job stays queued and runs after the restart"
-_OPEN_PATHS = ("/health", "/ready")
 
 
 class LoraItem(BaseModel):
@@ -83,10 +87,14 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/v1/recipes", dependencies=[auth])
     def recipes() -> list[dict[str, Any]]:
-        from imagegen.recipes import DEFAULT_RECIPE, RECIPES
+        """"ready": every file the recipe loads in the server's precision is on disk (else the first job downloads
+        them, or fails offline; `imagegen pull NAME` fetches them ahead)."""
+        from imagegen.options import DEFAULT_RECIPE
+        from imagegen.recipes import RECIPES
 
         return [{"name": recipe.name, "summary": recipe.summary, "video": recipe.video,
                  "default": recipe.name == DEFAULT_RECIPE,
+                 "ready": service.worker.engine.is_ready(recipe),
                  "models": {role: model.name for role, model in recipe.models.items()},
                  "defaults": {key: value for key, value in asdict(recipe.defaults).items() if value is not None}}
                 for recipe in RECIPES.values()]
@@ -275,8 +283,7 @@ class _TooLarge(Exception):
 
 
 async def _imagegen_error(request: Request, error: ImagegenError) -> JSONResponse:
-    status = 404 if isinstance(error, ModelNotFound) else 422
-    return JSONResponse({"detail": str(error)}, status_code=status)
+    return JSONResponse({"detail": str(error)}, status_code=error.http_status)
 
 
 async def _server_stopping(request: Request, error: ServerStopping) -> JSONResponse:

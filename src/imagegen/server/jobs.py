@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from imagegen.errors import Cancelled, error_class
 from imagegen.prompts.lora_tags import LoraSpec
 from imagegen.request import GenerationRequest
 
@@ -42,6 +43,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
 """
+# Columns added after the first release, with their type. Every database gets them at start-up, a new one too, so
+# that the table has one history: ALTER TABLE ADD COLUMN keeps an older database's rows, which read NULL.
+_ADDED_COLUMNS = {"error_type": "TEXT"}
 
 
 class QueueFull(Exception):
@@ -58,6 +62,15 @@ class Job:
     error: str | None
     started: float | None
     finished: float | None
+    error_type: str | None  # the class name of the ImagegenError a failed job failed with; None for anything else
+
+    @property
+    def failure_status(self) -> int:
+        """The HTTP status the synchronous APIs answer for a job that failed or was cancelled: its error class's, so
+        that a user's mistake found only when the job ran is a 4xx; 500 for a failure of no known class (a bug, or a
+        job recorded before classes were kept)."""
+        error = Cancelled if self.state == "cancelled" else error_class(self.error_type)
+        return error.http_status if error else 500
 
 
 def request_to_json(request: GenerationRequest) -> str:
@@ -85,6 +98,10 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # an accepted job is on disk before the 202 goes out
         self._db.executescript(_SCHEMA)
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in present:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
         self.changed = threading.Condition(self._lock)
 
     def requeue_interrupted(self) -> int:
@@ -167,8 +184,8 @@ class JobStore:
     def finish(self, job_id: str, results: list[dict[str, Any]]) -> None:
         self._transition(job_id, "running", "done", results=json.dumps(results), finished=time.time())
 
-    def fail(self, job_id: str, error: str) -> None:
-        self._transition(job_id, "running", "failed", error=error, finished=time.time())
+    def fail(self, job_id: str, error: str, error_type: str | None = None) -> None:
+        self._transition(job_id, "running", "failed", error=error, error_type=error_type, finished=time.time())
 
     def cancel(self, job_id: str) -> str | None:
         """Cancel a queued job at once; a running one is only marked by the caller's cancel event.
@@ -207,9 +224,10 @@ class JobStore:
         return bool(changed)
 
 
-_COLUMNS = "id, created, state, request, results, error, started, finished"
+_COLUMNS = "id, created, state, request, results, error, started, finished, error_type"
 
 
 def _job(row: tuple) -> Job:
-    job_id, created, state, request, results, error, started, finished = row
-    return Job(job_id, created, state, request_from_json(request), json.loads(results), error, started, finished)
+    job_id, created, state, request, results, error, started, finished, error_type = row
+    return Job(job_id, created, state, request_from_json(request), json.loads(results), error, started, finished,
+               error_type)

@@ -1,20 +1,26 @@
-"""`imagegen serve`: settings from the command line, the refusal to listen unprotected, and uvicorn."""
+"""`imagegen serve`: settings from the command line, the refusal to listen unprotected, what the server says on
+start and per job, and uvicorn."""
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import signal
 import socket
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from imagegen.errors import InvalidRequest
 from imagegen.server.service import ServerSettings
 
+if TYPE_CHECKING:
+    from imagegen.engine import Engine
+
 API_KEY_ENV = "IMAGEGEN_API_KEY"
+log = logging.getLogger("imagegen.server")
 
 
 def check_exposure(settings: ServerSettings) -> None:
@@ -35,8 +41,11 @@ def serve(settings: ServerSettings) -> None:
 
     check_exposure(settings)
     lock = _lock_data_dir(settings.data_dir)  # noqa: F841 - held for the life of the process
+    _log_to_stderr()
     engine = Engine(EngineOptions(device=settings.device, dtype=settings.dtype, offload=settings.offload,
                                   lora_names_only=True))
+    for line in startup_lines(settings, engine):
+        log.info(line)
     service = Service(settings, engine)
 
     class Server(uvicorn.Server):
@@ -52,6 +61,46 @@ def serve(settings: ServerSettings) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     Server(uvicorn.Config(create_app(service), host=settings.host, port=settings.port, log_level="warning",
                           limit_concurrency=256, timeout_graceful_shutdown=2 * settings.shutdown_grace_s)).run()
+
+
+def startup_lines(settings: ServerSettings, engine: Engine) -> list[str]:
+    """What the operator needs to know before the first request: where to go, where the data is, which recipes run
+    without a download, whether a key protects the server, and the risk of the address it listens on."""
+    from imagegen import settings as environment
+    from imagegen.recipes import RECIPES
+    from imagegen.version import __version__
+
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    ready = [name for name, recipe in RECIPES.items() if engine.is_ready(recipe)]
+    others = len(RECIPES) - len(ready)
+    lines = [f"imagegen {__version__} serving http://{host}:{settings.port}/ (web page; APIs under /v1 and /sdapi/v1)",
+             f"data folder: {settings.data_dir.resolve()}",
+             f"recipes ready on this machine: {', '.join(ready) or 'none'}"]
+    if others:
+        lines[-1] += (f"; the other {others} lack models and HF_HUB_OFFLINE is set, so they fail until the models "
+                      "are in the cache" if environment.hf_offline() else
+                      f"; the other {others} download their models on first use") + " (imagegen recipes lists them)"
+    if settings.api_key:
+        lines.append("API key: required (Authorization: Bearer KEY, or KEY as the basic-auth password)")
+    else:
+        lines.append("API key: none (every user and program on this machine can use the server)")
+    if not _loopback(settings.host):
+        lines.append(f"warning: listening on {settings.host} without an API key (--insecure): anyone who can reach "
+                     "this port can generate images and see every image in the data folder" if not settings.api_key
+                     else f"warning: listening on {settings.host} over plain HTTP: the API key and the images cross "
+                     "the network unencrypted; put an HTTPS proxy in front on networks you do not trust")
+    return lines
+
+
+def _log_to_stderr() -> None:
+    """The server's own lines (start-up, one per job) go to stderr as plain lines, from INFO up; uvicorn keeps its
+    access log at warnings."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("imagegen")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def _lock_data_dir(data_dir: Path) -> TextIO:

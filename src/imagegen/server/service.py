@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from imagegen.errors import InvalidRequest
-from imagegen.prompts.lora_tags import LoraSpec
 from imagegen.models.loras import find_lora_file
-from imagegen.recipes import DEFAULT_RECIPE, get_recipe
+from imagegen.options import DEFAULT_RECIPE
+from imagegen.prompts.lora_tags import LoraSpec
+from imagegen.recipes import get_recipe
 from imagegen.request import GenerationRequest
 from imagegen.server.inputs import checked_model, discard_inputs, store_image
 from imagegen.server.jobs import FINISHED, Job, JobStore

@@ -15,7 +15,8 @@ from fastapi.responses import FileResponse
 from imagegen.server.service import Service
 
 STATIC_DIR = Path(__file__).parent / "static"
-ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}  # the only files served besides the page
+# The only files served besides the page.
+ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "icon.svg": "image/svg+xml"}
 # Scripts and styles from our own files only (no inline ones), so a prompt that slipped into the page as
 # markup still could not run; images are blob: URLs because /v1/images needs the key, which <img> cannot send.
 HEADERS = {
@@ -29,8 +30,8 @@ HEADERS = {
 
 
 def router(service: Service, auth: Depends) -> APIRouter:
-    """GET / (the page) and GET /web/<asset>. `auth` is not applied: the page and its code are public, the API
-    calls they make are what the key protects."""
+    """GET / (the page), GET /web/<asset> and GET /favicon.ico. `auth` is not applied: the page and its code are
+    public, the API calls they make are what the key protects."""
     routes = APIRouter(include_in_schema=False)
 
     @routes.get("/")
@@ -42,5 +43,11 @@ def router(service: Service, auth: Depends) -> APIRouter:
         if name not in ASSETS:
             raise HTTPException(404, f"no file {name!r}")
         return FileResponse(STATIC_DIR / name, media_type=ASSETS[name], headers=HEADERS)
+
+    @routes.get("/favicon.ico")
+    def favicon() -> FileResponse:
+        """The page links its icon, but browsers still ask for /favicon.ico on the server's other pages (a JSON
+        answer opened in a tab): the same icon, so that their consoles show no 404."""
+        return asset("icon.svg")
 
     return routes

@@ -171,13 +171,14 @@ class Worker(threading.Thread):
                     self.store.mark_cancelled(job.id)
                     _discard_inputs(job)
                     self.metrics.jobs.labels("cancelled").inc()
+                    log.info("job %s cancelled after %.1f s", job.id, time.perf_counter() - started)
                 else:  # stopped for another job of its batch, or for a shutdown: it runs again
                     self.store.requeue(job.id)
             return
         except Exception as error:  # noqa: BLE001 - whatever a job does, the worker goes on
             self._recover(error)
             if len(group) == 1:
-                self._fail(group[0], error)
+                self._fail(group[0], error, time.perf_counter() - started)
                 return
             for job in group:  # one job of the batch may be the cause: each runs alone
                 self._register([job])
@@ -188,7 +189,7 @@ class Worker(threading.Thread):
             try:
                 self._finish(job, outputs, seconds)
             except Exception as error:  # noqa: BLE001 - a full disk fails this job, not the worker
-                self._fail(job, error)
+                self._fail(job, error, seconds)
 
     def _finish(self, job: Job, outputs: list[Any], seconds: float) -> None:
         records = []
@@ -200,11 +201,15 @@ class Worker(threading.Thread):
         self.metrics.jobs.labels("done").inc()
         self.metrics.job_seconds.observe(seconds)
         self.metrics.images.inc(len(outputs))
+        log.info("job %s done: %s, %d image%s in %.1f s", job.id, job.request.recipe, len(outputs),
+                 "" if len(outputs) == 1 else "s", seconds)
 
-    def _fail(self, job: Job, error: Exception) -> None:
-        message = str(error) if isinstance(error, ImagegenError) else f"{type(error).__name__}: {error}"
-        log.warning("job %s failed: %s", job.id, message)
-        self.store.fail(job.id, message[:2000])
+    def _fail(self, job: Job, error: Exception, seconds: float) -> None:
+        """Record the failure; an ImagegenError keeps its class, by which the APIs answer with its HTTP status."""
+        ours = isinstance(error, ImagegenError)
+        message = str(error) if ours else f"{type(error).__name__}: {error}"
+        log.warning("job %s failed after %.1f s: %s: %s", job.id, seconds, job.request.recipe, message)
+        self.store.fail(job.id, message[:2000], type(error).__name__ if ours else None)
         _discard_inputs(job)
         self.metrics.jobs.labels("failed").inc()
 

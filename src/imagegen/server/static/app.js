@@ -25,24 +25,43 @@ class ApiError extends Error {
   }
 }
 
+// The server's {"detail": text}, or FastAPI's list of {loc, msg} for a malformed request, as one sentence.
+function detailText(detail, fallback) {
+  if (typeof detail === "string") return detail;
+  if (Array.isArray(detail)) return detail.map((item) => `${(item.loc ?? []).join(".")}: ${item.msg}`).join("; ");
+  return fallback;
+}
+
 async function api(path, options = {}) {
   const key = localStorage.getItem(KEY_STORAGE);
   const headers = {...options.headers, ...(key ? {Authorization: `Bearer ${key}`} : {})};
-  const response = await fetch(path, {...options, headers});
+  let response;
+  try {
+    response = await fetch(path, {...options, headers});
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new Error("The server does not answer: is imagegen serve still running?");
+  }
   if (!response.ok) {
     let detail = response.statusText;
     try {
-      detail = (await response.json()).detail ?? detail;
+      detail = detailText((await response.json()).detail, detail);
     } catch {
       // not JSON: keep the status text
     }
-    throw new ApiError(response.status, typeof detail === "string" ? detail : JSON.stringify(detail));
+    throw new ApiError(response.status, detail);
   }
   return response;
 }
 
-function setStatus(text) {
+// One status line: progress and results as plain text, errors styled as errors (never an alert or raw JSON).
+function setStatus(text, {error = false} = {}) {
   $("status").textContent = text;
+  $("status").classList.toggle("error", error);
+}
+
+function showError(error) {
+  setStatus(error.message, {error: true});
 }
 
 function setProgress(done, total) {
@@ -83,7 +102,10 @@ async function follow(jobId) {
     for await (const {name, data} of serverEvents(response)) {
       if (name === "queued") {
         setProgress(0, 1);
-        setStatus(`Queued: ${data.position} job(s) ahead`);
+        setStatus(data.position ? `Queued: ${data.position} job(s) ahead` : "Queued: next to run");
+      } else if (name === "progress" && !data.total) {  // running, before its first step: the model loads
+        $("progress").removeAttribute("value");  // an indeterminate bar
+        setStatus("Starting");
       } else if (name === "progress") {
         setProgress(data.done, data.total);
         setStatus(`Step ${data.done} of ${data.total}`);
@@ -92,13 +114,13 @@ async function follow(jobId) {
         setStatus("Done");
         resultUrls = await showImages($("result"), data.images, resultUrls);
       } else if (name === "failed") {
-        setStatus(`Failed: ${data.error}`);
+        setStatus(`Failed: ${data.error}`, {error: true});
       } else if (name === "cancelled") {
         setStatus("Cancelled");
       }
     }
   } catch (error) {
-    if (error.name !== "AbortError") setStatus(error.message);
+    if (error.name !== "AbortError") showError(error);
   } finally {
     if (following === current) {
       following = null;
@@ -141,6 +163,7 @@ async function showImages(container, images, previous) {
       container.append(link);
     } catch (error) {
       const note = document.createElement("p");
+      note.className = "error";
       note.textContent = `Image not available: ${error.message}`;
       container.append(note);
     }
@@ -217,7 +240,7 @@ function galleryItem(job) {
   images.className = "images";
   showImages(images, job.images, []).then((urls) => galleryUrls.push(...urls));
   const state = document.createElement("p");
-  state.className = "state";
+  state.className = job.state === "failed" ? "state error" : "state";
   state.textContent = `${job.recipe} · ${job.state}${job.error ? `: ${job.error}` : ""}`;
   const infotext = document.createElement("pre");
   infotext.className = "infotext";
@@ -245,7 +268,7 @@ async function loadGallery(offset) {
     $("older").hidden = jobs.length < PAGE_SIZE;
     $("older").dataset.offset = String(offset + jobs.length);
   } catch (error) {
-    setStatus(error.message);
+    showError(error);
   }
 }
 
@@ -262,14 +285,16 @@ async function loadRecipes() {
     recipes = new Map(list.map((recipe) => [recipe.name, recipe]));
     const select = form.elements.recipe;
     const chosen = select.value;
-    select.replaceChildren(...list.map((recipe) => new Option(recipe.name, recipe.name)));
+    // Recipes whose files are not on the server stay selectable: the first job downloads them (when online).
+    select.replaceChildren(...list.map((recipe) =>
+      new Option(recipe.ready === false ? `${recipe.name} (not downloaded)` : recipe.name, recipe.name)));
     // The server lists its default recipe first (or marks it "default").
     select.value = recipes.has(chosen) ? chosen : (list.find((recipe) => recipe.default) ?? list[0]).name;
     showRecipeDefaults();
     setStatus("");
     return true;
   } catch (error) {
-    setStatus(error.message);
+    showError(error);
     return false;
   }
 }
@@ -297,7 +322,7 @@ async function generate(event) {
     await loadGallery(0);
     await follow(job.id);
   } catch (error) {
-    setStatus(error.message);
+    showError(error);
   }
 }
 
@@ -313,7 +338,7 @@ async function start() {
   form.addEventListener("submit", generate);
   form.elements.recipe.addEventListener("change", showRecipeDefaults);
   $("cancel").addEventListener("click", () => {
-    if (following) api(`/v1/jobs/${encodeURIComponent(following.id)}`, {method: "DELETE"}).catch((error) => setStatus(error.message));
+    if (following) api(`/v1/jobs/${encodeURIComponent(following.id)}`, {method: "DELETE"}).catch(showError);
   });
   $("older").addEventListener("click", () => loadGallery(Number($("older").dataset.offset)));
   if (await loadRecipes()) await loadGallery(0);
