@@ -65,7 +65,6 @@ WEIGHT_DECAY = 0.0  # as DiT: the weights are few and the EMA already smooths th
 EMA_DECAY = 0.999
 CLASS_DROPOUT = 0.1  # DiT's rate: one sample in ten trains the unconditional prediction
 LOG_EVERY = 25
-SHIPPED_STEPS = 1500  # the step count of the shipped model: see the module docstring for why not more
 LOSS_SMOOTHING = 0.98  # the reported loss is an exponential moving average of the batch losses
 
 

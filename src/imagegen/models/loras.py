@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -131,8 +132,11 @@ def applied(pipe: Any, loras: Sequence[LoadedLora]) -> Iterator[None]:
         for index, lora in enumerate(loras):
             name = f"imagegen_{index}"
             try:
-                # A shallow copy: diffusers' format conversions pop keys from the dict they are given.
-                pipe.load_lora_weights(dict(lora.tensors), adapter_name=name)
+                with warnings.catch_warnings():
+                    # peft warns on every adapter after the first; several named adapters are what we want.
+                    warnings.filterwarnings("ignore", "Already found a `peft_config` attribute", UserWarning)
+                    # A shallow copy: diffusers' format conversions pop keys from the dict they are given.
+                    pipe.load_lora_weights(dict(lora.tensors), adapter_name=name)
             except (ValueError, KeyError, RuntimeError) as error:
                 raise ModelNotFound(f"LoRA {lora.spec.name} ({lora.path}) does not fit this model: "
                                     f"{str(error).splitlines()[0][:200]}") from None
