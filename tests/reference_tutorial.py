@@ -1,16 +1,23 @@
-"""The seed document's diffusers snippets, one function per recipe, as the reference imagegen must match.
+"""The reference tutorial's diffusers snippets, one function per recipe, as the reference imagegen must match.
 
 Each function follows its snippet line by line with plain diffusers (no imagegen import), changed only where
 tests need it: Hugging Face repo ids instead of ModelScope ones, float32 on the CPU with no fp16 variant, a
 seeded CPU generator and a small height/width.  The repos are looked up through huggingface_hub, so the caller
-decides where they come from with ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` (see tests/test_tiny_models.py).
+decides where they come from with ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` (see tests/recipes/test_sdxl_fixtures.py).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tiny_models import DIT_256, LCM_SDXL, LIGHTNING_STEPS, SDXL_BASE, SDXL_LIGHTNING, SDXL_TURBO
+from tiny_models import (
+    DIT_256,
+    LCM_SDXL,
+    LIGHTNING_STEPS,
+    SDXL_BASE,
+    SDXL_LIGHTNING,
+    SDXL_TURBO,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -119,7 +126,11 @@ def sdxl_lightning(
     1-step checkpoint, ``prediction_type="sample"`` because that UNet predicts the clean latent directly.
     """
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from huggingface_hub import hf_hub_download
     from safetensors.torch import load_file
 
@@ -169,7 +180,7 @@ def sdxl_inpaint(prompt: str, init_image: Image, mask: Image, *, seed: int, step
 
 
 def dit(class_name: str, *, seed: int, steps: int = 25, guidance: float = 4.0, num_images: int = 1) -> list[Image]:
-    """diffusers' DiT example (the seed describes DiT's inference chain; this is its diffusers form)."""
+    """diffusers' DiT example (the reference tutorial describes DiT's inference chain; this is its diffusers form)."""
     import torch
     from diffusers import DiTPipeline, DPMSolverMultistepScheduler
 

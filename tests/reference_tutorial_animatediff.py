@@ -1,7 +1,7 @@
 """AnimateDiff text-to-video with plain diffusers, as imagegen's reference: diffusers' docs example and the
 AnimateDiff-Lightning model card.
 
-Like seed_reference.py: line by line as the sources have them, changed only where tests need it: float32 on the
+Like reference_tutorial.py: line by line as the sources have them, changed only where tests need it: float32 on the
 CPU instead of float16 on CUDA, a small size, and the seeded CPU generator the docs example already uses.  The
 docs example's ``pipe.enable_vae_slicing()`` and ``pipe.enable_model_cpu_offload()`` are left out: they only
 save GPU memory.  Neither runs here anyway: diffusers 0.42 dropped ``enable_vae_slicing`` from AnimateDiffPipeline
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from seed_reference import DEVICE
+from reference_tutorial import DEVICE
 from tiny_animatediff import ANIMATEDIFF_LIGHTNING, MOTION_ADAPTER, lightning_file_name
 from tiny_sd15 import SD15
 

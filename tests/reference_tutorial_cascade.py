@@ -1,6 +1,6 @@
-"""The seed tutorial's Stable Cascade snippet with plain diffusers, as the reference imagegen must match.
+"""The reference tutorial's Stable Cascade snippet with plain diffusers, as the reference imagegen must match.
 
-Kept apart from seed_reference.py because it needs the fixtures of tiny_cascade.py; it follows the same rules:
+Kept apart from reference_tutorial.py because it needs the fixtures of tiny_cascade.py; it follows the same rules:
 the snippet line by line, changed only where tests need it (Hugging Face repo ids looked up through
 huggingface_hub, float32 on the CPU, a seeded CPU generator, a small size), plus the one change that current
 diffusers needs to load the decoder repo at all (see `wuerstchen_module_alias`).
@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 from unittest import mock
 
-from seed_reference import DEVICE, _generators
+from reference_tutorial import DEVICE, _generators
 from tiny_cascade import CASCADE_DECODER, CASCADE_PRIOR, CASCADE_TEST_SIZE
 
 if TYPE_CHECKING:
@@ -35,11 +35,11 @@ def stable_cascade(
 ) -> list[Image]:
     """The prior turns the prompt into image embeddings, the decoder those embeddings into images.
 
-    The seed loads the prior in bfloat16 and the decoder in float16 and casts the embeddings with ``.half()``;
-    here both run in float32 and the cast becomes ``.to(decoder.dtype)``, which keeps its meaning (embeddings in
-    the decoder's dtype) for any dtype.  The seed passes no generator; one generator (or one per image, seeded
-    ``seed + i``) goes to both calls, so the decoder continues the random streams the prior left off.  The decoder
-    gets no ``num_images_per_prompt``: it infers the batch from the embeddings (one image per embedding).
+    The reference tutorial loads the prior in bfloat16 and the decoder in float16 and casts the embeddings with
+    ``.half()``; here both run in float32 and the cast becomes ``.to(decoder.dtype)``, which keeps its meaning
+    (embeddings in the decoder's dtype) for any dtype.  The tutorial passes no generator; one generator (or one per
+    image, seeded ``seed + i``) goes to both calls, so the decoder continues the random streams the prior left off.
+    The decoder gets no ``num_images_per_prompt``: it infers the batch from the embeddings (one image per embedding).
     The output is width x height only where the real configs' size arithmetic allows it (tiny_cascade).
     """
     import torch

@@ -1,6 +1,6 @@
-"""The seed document's SDXL canny ControlNet snippet as a reference recipe, in plain diffusers.
+"""The reference tutorial's SDXL canny ControlNet snippet as a reference recipe, in plain diffusers.
 
-It follows the snippet line by line, changed only where tests need it, as tests/seed_reference.py does: Hugging
+It follows the snippet line by line, changed only where tests need it, as tests/reference_tutorial.py does: Hugging
 Face repo ids (looked up through huggingface_hub, so ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` decide where they come
 from) instead of ModelScope folders, float32 on the CPU instead of float16 with ``enable_model_cpu_offload()`` (that
 call moves each model to the GPU only while it runs, which needs an accelerator; on the CPU everything already sits
@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from seed_reference import DEVICE, _generators
+from reference_tutorial import DEVICE, _generators
 from tiny_controlnet import CONTROLNET_CANNY, VAE_FP16_FIX
 from tiny_models import SDXL_BASE
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-# StableDiffusionXLControlNetPipeline.__call__ defaults, which the seed relies on by not passing these.
+# StableDiffusionXLControlNetPipeline.__call__ defaults, which the reference tutorial relies on by not passing these.
 PIPELINE_DEFAULT_STEPS = 50
 PIPELINE_DEFAULT_GUIDANCE = 5.0
 
@@ -42,19 +42,23 @@ def sdxl_controlnet_canny(
 ) -> tuple[list[Image], Image]:
     """SDXL base with the canny ControlNet and the fp16-fix VAE; returns the images and the control image used.
 
-    ``control_source`` is the photo the seed loads with ``load_image``; its Canny edges (``low``/``high``
+    ``control_source`` is the photo the reference tutorial loads with ``load_image``; its Canny edges (``low``/``high``
     thresholds) become the control image, or, with ``preprocess=False``, it is used as the control image as is
-    (an edge or depth map made elsewhere).  No height or width is passed, as in the seed: the pipeline takes the
+    (an edge or depth map made elsewhere).  No height or width is passed, as in the tutorial: the pipeline takes the
     control image's size, floored to a multiple of the VAE scale factor, and resizes the control image to it.
     """
     import cv2
     import numpy as np
     import torch
-    from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionXLControlNetPipeline
+    from diffusers import (
+        AutoencoderKL,
+        ControlNetModel,
+        StableDiffusionXLControlNetPipeline,
+    )
     from diffusers.utils import load_image
     from PIL import Image as PILImage
 
-    image = load_image(control_source)  # as the seed's load_image(path): EXIF rotation applied, converted to RGB
+    image = load_image(control_source)  # as the tutorial's load_image(path): EXIF rotation applied, converted to RGB
     controlnet = ControlNetModel.from_pretrained(controlnet_id, torch_dtype=torch.float32)
     vae = AutoencoderKL.from_pretrained(VAE_FP16_FIX, torch_dtype=torch.float32)
     pipe = StableDiffusionXLControlNetPipeline.from_pretrained(

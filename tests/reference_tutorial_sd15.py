@@ -1,7 +1,8 @@
-"""The seed's SD 1.5 snippets (the majicmix + Dunhuang LoRA tutorial) with plain diffusers, as imagegen's reference.
+"""The reference tutorial's SD 1.5 snippets (its majicmix + Dunhuang LoRA section) with plain diffusers, as imagegen's
+reference.
 
-Like seed_reference.py: line by line as the seed has them, changed only where tests need it (float32 on the CPU,
-a seeded CPU generator per image, a small size).  The seed's ``snapshot_download`` calls are the caller's: it
+Like reference_tutorial.py: line by line as the tutorial has them, changed only where tests need it (float32 on the
+CPU, a seeded CPU generator per image, a small size).  The tutorial's ``snapshot_download`` calls are the caller's: it
 passes the folders, e.g. those tiny_sd15.write_majicmix_modelscope and write_dunhuang_modelscope return.
 `sd15` and `sd15_img2img` run the default SD 1.5 repo, looked up through huggingface_hub (``HF_HUB_CACHE``).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seed_reference import DEVICE, _generators
+from reference_tutorial import DEVICE, _generators
 from tiny_sd15 import MAJICMIX_SUBFOLDER, SD15
 
 if TYPE_CHECKING:
@@ -32,13 +33,13 @@ def sd15_lora(
     num_images: int = 1,
     subfolder: str = MAJICMIX_SUBFOLDER,
 ) -> list[Image]:
-    """The seed's tutorial::
+    """The reference tutorial's LoRA section::
 
         pipeline = AutoPipelineForText2Image.from_pretrained(f"{model_dir}/v7", torch_dtype=torch.float16).to("cuda")
         pipeline.load_lora_weights(lora_dir, weight_name="dunhuang.safetensors")
         image = pipeline(prompt).images[0]
 
-    ``steps`` and ``guidance`` default to the pipeline's own defaults, which the seed's bare call gets.  No LoRA
+    ``steps`` and ``guidance`` default to the pipeline's own defaults, which the tutorial's bare call gets.  No LoRA
     is loaded when ``lora_dir`` is None; ``subfolder=""`` takes a pipeline folder that is ``model_dir`` itself.
     """
     import torch

@@ -1,6 +1,6 @@
 """diffusers' Stable Video Diffusion example with plain diffusers, as the image-to-video reference imagegen must match.
 
-Kept apart from seed_reference.py because it needs the fixture of tiny_svd.py; it follows the same rules.  The
+Kept apart from reference_tutorial.py because it needs the fixture of tiny_svd.py; it follows the same rules.  The
 example (diffusers' "Stable Video Diffusion" guide, using-diffusers/svd.md) is::
 
     pipe = StableVideoDiffusionPipeline.from_pretrained(
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from seed_reference import DEVICE
+from reference_tutorial import DEVICE
 from tiny_svd import SVD_TEST_FRAMES, SVD_TEST_HEIGHT, SVD_TEST_WIDTH, SVD_XT
 
 if TYPE_CHECKING:

@@ -30,7 +30,8 @@ def test_unknown_options_are_named() -> None:
         ("sdxl-controlnet-canny", {"num_inference_steps": 2, "width": 64, "height": 64, "control_image": "photo.png"}),
     ],
 )
-def test_every_recipe_runs_from_python(hf_cache, tmp_path, monkeypatch, recipe, options) -> None:
+def test_every_recipe_runs_from_python(sd15_models, cascade_models, controlnet_models, tmp_path, monkeypatch, recipe,
+                                       options) -> None:
     from tiny_controlnet import write_edge_test_image
     from tiny_sd15 import write_loras
 

@@ -21,7 +21,7 @@ def imagegen(*args: str, env: dict[str, str] | None = None, timeout: float = 120
 
 
 @pytest.fixture(scope="module")
-def generated(hf_cache, tmp_path_factory) -> Path:
+def generated(sdxl_models, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "turbo.png"
     result = imagegen("generate", "a red fox", *FAST, "-o", str(out))
     assert result.returncode == 0, result.stderr
@@ -43,6 +43,7 @@ def test_info_prints_the_parameters(generated) -> None:
     assert result.stdout.strip() == Image.open(generated).info["parameters"]
 
 
+@pytest.mark.slow
 def test_an_image_regenerated_from_its_infotext_is_identical(generated, tmp_path) -> None:
     again = tmp_path / "again.png"
     result = imagegen("generate", "--from", str(generated), "-o", str(again))
@@ -51,7 +52,8 @@ def test_an_image_regenerated_from_its_infotext_is_identical(generated, tmp_path
     assert Image.open(again).info["parameters"] == Image.open(generated).info["parameters"]
 
 
-def test_several_images_into_a_folder_with_progress_on_stderr(hf_cache, tmp_path) -> None:
+@pytest.mark.slow
+def test_several_images_into_a_folder_with_progress_on_stderr(sdxl_models, tmp_path) -> None:
     result = imagegen("generate", "a boat", "--recipe", "lcm-sdxl", "--width", "64", "--height", "64",
                       "--seed", "9", "-n", "2", "-o", str(tmp_path), "--format", "webp")
     assert result.returncode == 0, result.stderr
@@ -62,7 +64,8 @@ def test_several_images_into_a_folder_with_progress_on_stderr(hf_cache, tmp_path
     assert "Seed: 10," in info.stdout and "Sampler: LCM" in info.stdout
 
 
-def test_recipes_lists_defaults_and_local_availability(hf_cache) -> None:
+@pytest.mark.usefixtures("sdxl_models", "cascade_models", "sd15_models", "controlnet_models")
+def test_recipes_lists_defaults_and_local_availability() -> None:
     result = imagegen("recipes")
     assert result.returncode == 0
     lines = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
@@ -100,12 +103,17 @@ def test_recipes_says_no_for_models_not_on_disk(tmp_path) -> None:
         (["--control-image", "x.png"], "recipe sdxl-turbo does not take a control image"),
     ],
 )
-def test_bad_input_exits_non_zero_with_one_line(hf_cache, args, message) -> None:
-    result = imagegen("generate", "a cat", "--recipe", "sdxl-turbo", *args)
-    assert result.returncode != 0
-    assert result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith("imagegen: error: ")
-    assert message in result.stderr
+def test_bad_input_exits_non_zero_with_one_line(sdxl_models, args, message, capsys) -> None:
+    """In this process, to keep the default test run fast: a subprocess would start torch again for every case
+    (test_unknown_digit_lists_what_the_model_knows checks the same one line from a real process)."""
+    from imagegen.cli import main
+
+    code = main(["generate", "a cat", "--recipe", "sdxl-turbo", *args])
+    stderr = capsys.readouterr().err
+    assert code != 0
+    assert stderr.count("\n") == 1, stderr
+    assert stderr.startswith("imagegen: error: ")
+    assert message in stderr
 
 
 def test_unreachable_hub_fails_fast_with_a_message(tmp_path) -> None:
@@ -169,7 +177,8 @@ def test_unknown_digit_lists_what_the_model_knows() -> None:
     assert result.stderr.count("\n") == 1
 
 
-def test_img2img_from_the_command_line(hf_cache, generated, tmp_path) -> None:
+@pytest.mark.slow
+def test_img2img_from_the_command_line(generated, tmp_path) -> None:
     out = tmp_path / "fox-img2img.png"
     result = imagegen("generate", "a red fox, oil painting", *FAST, "--steps", "2", "--strength", "0.5",
                       "--init-image", str(generated), "-o", str(out))
@@ -188,13 +197,14 @@ def test_an_output_that_cannot_be_written_is_one_line(tmp_path, where) -> None:
     assert result.stderr.startswith("imagegen: error: cannot write ") and result.stderr.count("\n") == 1
 
 
-def test_a_model_folder_for_another_recipe_is_refused_before_loading(hf_cache) -> None:
+def test_a_model_folder_for_another_recipe_is_refused_before_loading(sdxl_models) -> None:
     result = imagegen("generate", "a cat", "--model", "stabilityai/sdxl-turbo")
     assert result.returncode == 2
     assert "holds a StableDiffusionXLPipeline" in result.stderr and "cannot use" in result.stderr
 
 
-def test_replaying_an_img2img_image_asks_for_its_init_image(hf_cache, generated, tmp_path) -> None:
+@pytest.mark.slow
+def test_replaying_an_img2img_image_asks_for_its_init_image(generated, tmp_path) -> None:
     out = tmp_path / "i2i.png"
     assert imagegen("generate", "a fox", *FAST, "--steps", "2", "--strength", "0.5", "--init-image",
                     str(generated), "-o", str(out)).returncode == 0
@@ -205,7 +215,8 @@ def test_replaying_an_img2img_image_asks_for_its_init_image(hf_cache, generated,
     np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(out)))
 
 
-def test_loras_and_two_stage_recipes_from_the_command_line(hf_cache, tmp_path) -> None:
+@pytest.mark.slow
+def test_loras_and_two_stage_recipes_from_the_command_line(sd15_models, cascade_models, tmp_path) -> None:
     from tiny_sd15 import write_loras
 
     write_loras(tmp_path / "loras")
@@ -229,8 +240,9 @@ def test_loras_and_two_stage_recipes_from_the_command_line(hf_cache, tmp_path) -
 def test_replaying_a_digits_image_stays_on_the_built_in_path(tmp_path) -> None:
     """--from names the recipe's own scheduler ("DPM++ 2M"): kept as is, it stays the built-in, diffusers-free
     sampler, so replaying an image is as fast as making it, and gives it back exactly."""
-    first = tmp_path / "first.png"
-    assert imagegen("generate", "7", "--seed", "3", "-o", str(first), "-q").returncode == 0
+    import imagegen as package
+
+    first = package.generate("7", seed=3)[0].save(tmp_path / "first.png")
     replay = ("import sys; from imagegen.cli import main; code = main(sys.argv[1:]); "
               "print('diffusers' in sys.modules); sys.exit(code)")
     result = subprocess.run([sys.executable, "-c", replay, "generate", "--from", str(first), "-o",

@@ -1,4 +1,4 @@
-"""The engine against the seed's own diffusers code, on the same tiny weights: identical pixels."""
+"""The engine against the reference tutorial's own diffusers code, on the same tiny weights: identical pixels."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import threading
 
 import numpy as np
 import pytest
-import seed_reference
+import reference_tutorial
 
 from imagegen.errors import Cancelled, InvalidRequest
 from imagegen.recipes import get_recipe
 from imagegen.request import GenerationRequest
+
+pytestmark = pytest.mark.usefixtures("sdxl_models")  # SDXL's recipes and DiT; sd15 where a test asks for it
 
 PROMPT = "Beautiful and cute girl, rain jacket, soft lighting"
 SIZE = {"width": 64, "height": 64}
@@ -27,18 +29,18 @@ def run(engine, recipe: str, **options):
 @pytest.mark.parametrize(
     ("recipe", "options", "reference"),
     [
-        ("sdxl", {"num_inference_steps": 3}, lambda: seed_reference.sdxl(PROMPT, seed=7, steps=3, **SIZE)),
-        ("sdxl-turbo", {}, lambda: seed_reference.sdxl_turbo(PROMPT, seed=7, **SIZE)),
-        ("lcm-sdxl", {}, lambda: seed_reference.lcm_sdxl(PROMPT, seed=7, **SIZE)),
-        ("sdxl-lightning", {}, lambda: seed_reference.sdxl_lightning(PROMPT, seed=7, steps=4, **SIZE)),
+        ("sdxl", {"num_inference_steps": 3}, lambda: reference_tutorial.sdxl(PROMPT, seed=7, steps=3, **SIZE)),
+        ("sdxl-turbo", {}, lambda: reference_tutorial.sdxl_turbo(PROMPT, seed=7, **SIZE)),
+        ("lcm-sdxl", {}, lambda: reference_tutorial.lcm_sdxl(PROMPT, seed=7, **SIZE)),
+        ("sdxl-lightning", {}, lambda: reference_tutorial.sdxl_lightning(PROMPT, seed=7, steps=4, **SIZE)),
         ("sdxl-lightning", {"num_inference_steps": 1},
-         lambda: seed_reference.sdxl_lightning(PROMPT, seed=7, steps=1, **SIZE)),
+         lambda: reference_tutorial.sdxl_lightning(PROMPT, seed=7, steps=1, **SIZE)),
         ("sdxl-lightning", {"num_inference_steps": 2},
-         lambda: seed_reference.sdxl_lightning(PROMPT, seed=7, steps=2, **SIZE)),
+         lambda: reference_tutorial.sdxl_lightning(PROMPT, seed=7, steps=2, **SIZE)),
     ],
     ids=["sdxl", "sdxl-turbo", "lcm-sdxl", "lightning-4", "lightning-1", "lightning-2"],
 )
-def test_recipe_matches_the_seed_code_pixel_for_pixel(engine, recipe, options, reference) -> None:
+def test_recipe_matches_the_reference_tutorial_pixel_for_pixel(engine, recipe, options, reference) -> None:
     ours = run(engine, recipe, seed=7, **options)
     theirs = reference()
     assert len(ours) == len(theirs) == 1
@@ -49,7 +51,7 @@ def test_recipe_matches_the_seed_code_pixel_for_pixel(engine, recipe, options, r
 def test_several_images_use_seed_plus_index(engine) -> None:
     batch = run(engine, "sdxl-turbo", seed=11, num_images=3)
     assert [image.seed for image in batch] == [11, 12, 13]
-    reference = seed_reference.sdxl_turbo(PROMPT, seed=11, num_images=3, **SIZE)
+    reference = reference_tutorial.sdxl_turbo(PROMPT, seed=11, num_images=3, **SIZE)
     for ours, theirs in zip(batch, reference):
         np.testing.assert_array_equal(pixels(ours.image), pixels(theirs))
     alone = run(engine, "sdxl-turbo", seed=12)
@@ -120,7 +122,7 @@ def test_lightning_refuses_step_counts_it_has_no_unet_for(engine) -> None:
 def test_dit_matches_diffusers_dit_pipeline(engine, prompt) -> None:
     ours = engine.generate(GenerationRequest(prompt=prompt, recipe="dit", seed=4, num_images=2,
                                              num_inference_steps=5, **SIZE))
-    theirs = seed_reference.dit("golden retriever", seed=4, steps=5, num_images=2)
+    theirs = reference_tutorial.dit("golden retriever", seed=4, steps=5, num_images=2)
     for mine, reference in zip(ours, theirs):
         np.testing.assert_array_equal(pixels(mine.image), pixels(reference))
     assert "Sampler: DPM++ 2M," in ours[0].infotext and "Model: facebook/DiT-XL-2-256" in ours[0].infotext
@@ -148,7 +150,7 @@ def test_dit_samples_correctly_with_euler_too(engine) -> None:
 
 
 @pytest.mark.parametrize("recipe", ["sdxl-turbo", "sd15"])
-def test_requests_batched_into_one_call_match_each_run_alone(engine, recipe) -> None:
+def test_requests_batched_into_one_call_match_each_run_alone(engine, sd15_models, recipe) -> None:
     """A server's batching: different prompts and seeds in one pipeline call, each image as if run alone
     (the CPU sums a batch in another order: at most one level apart)."""
     steps = {"num_inference_steps": 2} if recipe == "sd15" else {}

@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 
 from imagegen.errors import InvalidRequest
+from imagegen.options import MAX_IMAGES, MAX_SEED
 from imagegen.prompts.lora_tags import LoraSpec
 from imagegen.recipes import get_recipe
-from imagegen.options import MAX_IMAGES, MAX_SEED
 from imagegen.request import GenerationRequest
 
 
@@ -64,8 +64,8 @@ def test_unknown_recipe_lists_the_known_ones() -> None:
     [("sdxl", 30, 5.0, 1024), ("sdxl-turbo", 1, 0.0, 512), ("lcm-sdxl", 4, 8.0, 1024), ("sdxl-lightning", 4, 0.0, 1024),
      ("dit", 25, 4.0, 256), ("dit-512", 25, 4.0, 512)],
 )
-def test_defaults_are_the_seeds_parameters(recipe, steps, guidance, size) -> None:
-    resolved = GenerationRequest(prompt="a cat", recipe=recipe).resolve(get_recipe(recipe))
+def test_defaults_are_the_reference_tutorials_parameters(recipe, steps, guidance, size) -> None:
+    resolved = GenerationRequest(prompt="1", recipe=recipe).resolve(get_recipe(recipe))  # a class id for DiT
     assert (resolved.num_inference_steps, resolved.guidance_scale) == (steps, guidance)
     assert (resolved.width, resolved.height) == (size, size)
     assert 0 <= resolved.seed <= MAX_SEED

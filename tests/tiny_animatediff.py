@@ -21,7 +21,7 @@ Every weight is redrawn from a seeded generator, so no output projection or bias
 AnimateDiff training zero-initialises the temporal ``proj_out``, which would make the motion modules a no-op;
 diffusers' own init leaves norm offsets and biases at zero).  The temporal attention then couples the frames:
 with 4 frames and 2 DDIM steps, new noise for frame 0 moves the other three frames by about 9 levels of mean
-pixel difference, where zeroed ``proj_out`` weights leave them bit-identical (tests/test_tiny_animatediff.py
+pixel difference, where zeroed ``proj_out`` weights leave them bit-identical (tests/recipes/test_animatediff_fixtures.py
 checks the coupling).  Builds are byte-identical.
 """
 

@@ -71,7 +71,7 @@ def write_old_key_decoder_copy(hf_cache_dir: Path, modelscope_cache_dir: Path) -
     """A ModelScope copy of the decoder repo whose ``decoder/config.json`` says ``c_in`` where diffusers reads
     ``in_channels``, and the model folder it is in.
 
-    That is the config of a user who edited it as the seed tutorial's tip says (``c_in`` is the original Würstchen
+    That is the config of a user who edited it as the reference tutorial's tip says (``c_in`` is the original Würstchen
     code's name).  diffusers ignores the unknown key and builds the UNet with its default ``in_channels=16``
     instead of the real 4, so loading fails with "embedding.1.weight expected shape ... but got ...".
     """
@@ -88,7 +88,12 @@ def _write_prior_pipeline(folder: Path) -> None:
     prompts, with fp32 weights and, beside them, the ``bf16`` variant."""
     import torch
     from diffusers import DDPMWuerstchenScheduler, StableCascadePriorPipeline
-    from transformers import CLIPImageProcessor, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTokenizer,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     tokenizer = _write_cascade_tokenizer(folder)
     torch.manual_seed(_PRIOR_SEED + 1)

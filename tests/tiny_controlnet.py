@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 CONTROLNET_CANNY = "diffusers/controlnet-canny-sdxl-1.0"
 CONTROLNET_DEPTH = "diffusers/controlnet-depth-sdxl-1.0"
 VAE_FP16_FIX = "madebyollin/sdxl-vae-fp16-fix"
-# The ids under which the seed document downloads the same repos from ModelScope.
+# The ids under which the reference tutorial downloads the same repos from ModelScope.
 CONTROLNET_CANNY_MODELSCOPE = "AI-ModelScope/controlnet-canny-sdxl-1.0"
 VAE_FP16_FIX_MODELSCOPE = "AI-ModelScope/sdxl-vae-fp16-fix"
 
@@ -73,8 +73,8 @@ def edge_test_image(size: tuple[int, int] = (64, 64)) -> Image:
     """A deterministic photo-like RGB picture: a lit sky-to-ground gradient with a sun, a house and a tree.
 
     Every shape has a soft shading gradient inside and a strong colour step at its border, so ``cv2.Canny`` at the
-    seed's 100/200 thresholds finds the outlines and little else, as it would on a photo.  Sizes are relative, so
-    any ``(width, height)`` gives the same scene.
+    reference tutorial's 100/200 thresholds finds the outlines and little else, as it would on a photo.  Sizes are
+    relative, so any ``(width, height)`` gives the same scene.
     """
     import numpy as np
     from PIL import Image as PILImage
@@ -133,8 +133,9 @@ def _controlnet(scale: int, seed: int) -> ControlNetModel:
     initialisation would not do either: through the embedding's five convs it shrinks the control image's
     spatial signal to about 1% of the latent features it is added to, leaving only bias.  So the embedding and
     the zero convolutions get seeded He-initialised weights (which keep the signal's scale through SiLU layers),
-    no bias, and the embedding's output a further gain: at the seed's conditioning scale of 0.5, two different
-    edge maps then change a 3-step 64x64 image by about 10 levels on average, as a trained ControlNet visibly would.
+    no bias, and the embedding's output a further gain: at the reference tutorial's conditioning scale of 0.5, two
+    different edge maps then change a 3-step 64x64 image by about 10 levels on average, as a trained ControlNet
+    visibly would.
     """
     import torch
     from diffusers import ControlNetModel

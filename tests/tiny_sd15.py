@@ -1,15 +1,15 @@
 """Tiny random-weight Stable Diffusion 1.5 repos and LoRA files, laid out where users have them.
 
 `build_sd15` writes ``stable-diffusion-v1-5/stable-diffusion-v1-5`` into a Hugging Face cache the way
-tiny_models.py writes the SDXL repos.  The seed's LoRA tutorial takes its models from ModelScope instead: a
-civitai checkpoint converted to diffusers and kept in the ``v7`` sub-folder of ``YorickHe/majicmixRealistic_v6``
-(`write_majicmix_modelscope`) and a kohya-format style LoRA, ``dunhuang.safetensors`` in
-``PaperCloud/zju19_dunhuang_style_lora`` (`write_dunhuang_modelscope`).  `write_loras` fills a user's LoRA folder
-with the two formats people download: diffusers/PEFT files, as diffusers' training scripts save them, and
-kohya-ss files, as civitai serves them, for SD 1.5 and for the tiny SDXL base.
+tiny_models.py writes the SDXL repos.  The reference tutorial's LoRA section takes its models from ModelScope
+instead: a civitai checkpoint converted to diffusers and kept in the ``v7`` sub-folder of
+``YorickHe/majicmixRealistic_v6`` (`write_majicmix_modelscope`) and a kohya-format style LoRA,
+``dunhuang.safetensors`` in ``PaperCloud/zju19_dunhuang_style_lora`` (`write_dunhuang_modelscope`).  `write_loras`
+fills a user's LoRA folder with the two formats people download: diffusers/PEFT files, as diffusers' training scripts
+save them, and kohya-ss files, as civitai serves them, for SD 1.5 and for the tiny SDXL base.
 
-Weights are random but seeded, so builds are byte-identical; the LoRA weights are large enough that a LoRA
-visibly changes a 64x64 image (tests/test_tiny_sd15.py checks more than 5 levels of mean pixel difference).
+Weights are random but seeded, so builds are byte-identical; the LoRA weights are large enough that a LoRA visibly
+changes a 64x64 image (tests/recipes/test_sd15_fixtures.py checks more than 5 levels of mean pixel difference).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 MAJICMIX = "YorickHe/majicmixRealistic_v6"
-MAJICMIX_SUBFOLDER = "v7"  # the seed loads f"{model_dir}/v7": the repo keeps its diffusers pipeline there
+MAJICMIX_SUBFOLDER = "v7"  # the reference tutorial loads f"{model_dir}/v7": the repo keeps its diffusers pipeline there
 DUNHUANG = "PaperCloud/zju19_dunhuang_style_lora"
 DUNHUANG_WEIGHT_NAME = "dunhuang.safetensors"
 
@@ -172,7 +172,9 @@ def _write_sd15_pipeline(folder: Path, seed: int, *, official: bool) -> None:
     """
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline
-    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from diffusers.pipelines.stable_diffusion.safety_checker import (
+        StableDiffusionSafetyChecker,
+    )
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPTokenizer
 
     tokenizer = _clip_tokenizer(pad_token=_EOS)  # SD 1.5's CLIP tokenizer pads with <|endoftext|>

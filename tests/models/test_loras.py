@@ -11,11 +11,13 @@ from tiny_sd15 import SD15, write_loras
 
 from imagegen.engine import Engine, EngineOptions
 from imagegen.errors import ModelNotFound, UnsafeWeights
-from imagegen.prompts.lora_tags import LoraSpec
 from imagegen.models.loras import short_hash
 from imagegen.outputs.metadata import parse_infotext
 from imagegen.parameters import request_from_infotext
+from imagegen.prompts.lora_tags import LoraSpec
 from imagegen.request import GenerationRequest
+
+pytestmark = pytest.mark.usefixtures("sdxl_models", "sd15_models")
 
 PROMPT = "a photo of the cat and dog"
 RECIPE_OF = {"sd15": ("sd15", SD15), "sdxl": ("sdxl-turbo", SDXL_TURBO)}
@@ -78,7 +80,7 @@ def test_stacked_loras_and_prompt_tags_match_diffusers(engine, lora_folder) -> N
     np.testing.assert_array_equal(pixels(tagged[0].image), pixels(theirs))
 
 
-def test_a_request_after_a_lora_request_is_as_on_a_fresh_engine(hf_cache) -> None:
+def test_a_request_after_a_lora_request_is_as_on_a_fresh_engine() -> None:
     engine = Engine(EngineOptions(device="cpu"))
     before = generate(engine, "sdxl")
     generate(engine, "sdxl", loras=(LoraSpec("sdxl_kohya"), LoraSpec("sdxl_peft", -0.5)))

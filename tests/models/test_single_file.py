@@ -18,12 +18,14 @@ from single_file_checkpoint import write_sdxl_single_file
 from imagegen.errors import ImagegenError
 from imagegen.request import GenerationRequest
 
+pytestmark = pytest.mark.usefixtures("sdxl_models")
+
 REQUEST = GenerationRequest(prompt="a cat and a dog in the rain", recipe="sdxl", seed=5, num_inference_steps=2,
                             width=64, height=64)
 
 @pytest.fixture(scope="module")
-def sdxl_folder(hf_cache: Path) -> Path:
-    return tiny_models.snapshot_path(hf_cache, tiny_models.SDXL_BASE)
+def sdxl_folder(sdxl_models: Path) -> Path:
+    return tiny_models.snapshot_path(sdxl_models, tiny_models.SDXL_BASE)
 
 
 @pytest.fixture(scope="module")

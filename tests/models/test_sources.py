@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,8 @@ from tiny_models import SDXL_TURBO, snapshot_path, write_modelscope_copy
 
 from imagegen.engine import Engine, EngineOptions
 from imagegen.errors import ModelNotFound, UnsafeWeights
-from imagegen.request import GenerationRequest
 from imagegen.models.sources import LocalModel, ModelRef, locate, parse_model_argument
+from imagegen.request import GenerationRequest
 
 TURBO = {"prompt": "a lighthouse", "recipe": "sdxl-turbo", "seed": 3, "width": 64, "height": 64}
 
@@ -22,11 +21,11 @@ def turbo_pixels(engine: Engine, **options) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def reference_pixels(engine) -> np.ndarray:
+def reference_pixels(engine, sdxl_models) -> np.ndarray:
     return turbo_pixels(engine)
 
 
-def test_missing_model_names_it_where_we_looked_and_how_to_get_it(hf_cache, tmp_path, monkeypatch) -> None:
+def test_missing_model_names_it_where_we_looked_and_how_to_get_it(offline_hf_cache, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(ModelNotFound) as error:
         locate(ModelRef("stabilityai/sdxl-turbo", "AI-ModelScope/sdxl-turbo"))
@@ -38,10 +37,10 @@ def test_missing_model_names_it_where_we_looked_and_how_to_get_it(hf_cache, tmp_
     assert "modelscope download --model AI-ModelScope/sdxl-turbo" in message
 
 
-def test_modelscope_cache_is_used_when_hugging_face_has_nothing(hf_cache, tmp_path, monkeypatch,
+def test_modelscope_cache_is_used_when_hugging_face_has_nothing(sdxl_models, tmp_path, monkeypatch,
                                                                 reference_pixels) -> None:
     modelscope = tmp_path / "modelscope"
-    write_modelscope_copy(hf_cache, modelscope, SDXL_TURBO, "AI-ModelScope/sdxl-turbo")
+    write_modelscope_copy(sdxl_models, modelscope, SDXL_TURBO, "AI-ModelScope/sdxl-turbo")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     monkeypatch.setenv("MODELSCOPE_CACHE", str(modelscope))
     found = locate(ModelRef("stabilityai/sdxl-turbo", "AI-ModelScope/sdxl-turbo"))
@@ -49,16 +48,16 @@ def test_modelscope_cache_is_used_when_hugging_face_has_nothing(hf_cache, tmp_pa
     np.testing.assert_array_equal(turbo_pixels(Engine(EngineOptions(device="cpu"))), reference_pixels)
 
 
-def test_a_local_folder_replaces_the_recipe_model(hf_cache, tmp_path, reference_pixels) -> None:
+def test_a_local_folder_replaces_the_recipe_model(sdxl_models, tmp_path, reference_pixels) -> None:
     local = tmp_path / "my-turbo"
-    shutil.copytree(snapshot_path(hf_cache, SDXL_TURBO), local)
+    shutil.copytree(snapshot_path(sdxl_models, SDXL_TURBO), local)
     pixels = turbo_pixels(Engine(EngineOptions(device="cpu")), model=str(local))
     np.testing.assert_array_equal(pixels, reference_pixels)
 
 
-def test_fp16_only_files_load_and_upcast_on_cpu(hf_cache, tmp_path) -> None:
+def test_fp16_only_files_load_and_upcast_on_cpu(sdxl_models, tmp_path) -> None:
     local = tmp_path / "fp16-only"
-    shutil.copytree(snapshot_path(hf_cache, SDXL_TURBO), local)
+    shutil.copytree(snapshot_path(sdxl_models, SDXL_TURBO), local)
     for weights in local.glob("*/*.safetensors"):
         if ".fp16." not in weights.name:
             weights.unlink()
@@ -77,12 +76,12 @@ def test_pickle_checkpoints_are_refused(tmp_path, name) -> None:
     assert isinstance(parse_model_argument(str(tmp_path / name), allow_pickle=True), LocalModel)
 
 
-def test_a_folder_with_pickle_weights_needs_allow_pickle(hf_cache, tmp_path) -> None:
+def test_a_folder_with_pickle_weights_needs_allow_pickle(sdxl_models, tmp_path) -> None:
     import torch
     from diffusers import UNet2DConditionModel
 
     local = tmp_path / "pickled"
-    shutil.copytree(snapshot_path(hf_cache, SDXL_TURBO), local)
+    shutil.copytree(snapshot_path(sdxl_models, SDXL_TURBO), local)
     unet = UNet2DConditionModel.from_pretrained(local / "unet")
     for weights in (local / "unet").glob("*.safetensors"):
         weights.unlink()
@@ -105,15 +104,15 @@ def test_a_hub_id_is_a_model_reference_on_either_hub() -> None:
 
 
 def test_a_hub_id_may_name_the_subfolder_that_holds_the_model() -> None:
-    """The seed loads f"{snapshot_download('YorickHe/majicmixRealistic_v6')}/v7"."""
+    """The reference tutorial loads f"{snapshot_download('YorickHe/majicmixRealistic_v6')}/v7"."""
     ref = parse_model_argument("YorickHe/majicmixRealistic_v6/v7")
     assert (ref.hf_id, ref.modelscope_id, ref.subfolder) == ("YorickHe/majicmixRealistic_v6",) * 2 + ("v7",)
     assert ref.name == "YorickHe/majicmixRealistic_v6/v7"
 
 
-def test_half_precision_uses_the_fp16_files_and_falls_back_per_component(hf_cache, tmp_path) -> None:
+def test_half_precision_uses_the_fp16_files_and_falls_back_per_component(sdxl_models, tmp_path) -> None:
     local = tmp_path / "no-fp16-unet"
-    shutil.copytree(snapshot_path(hf_cache, SDXL_TURBO), local)
+    shutil.copytree(snapshot_path(sdxl_models, SDXL_TURBO), local)
     (local / "unet" / "diffusion_pytorch_model.fp16.safetensors").unlink()
     engine = Engine(EngineOptions(device="cpu", dtype="float16"))
     assert len(engine.generate(GenerationRequest(**{**TURBO, "model": str(local)}))) == 1
@@ -121,7 +120,7 @@ def test_half_precision_uses_the_fp16_files_and_falls_back_per_component(hf_cach
     assert str(pipe.unet.dtype) == str(pipe.text_encoder.dtype) == "torch.float16"
 
 
-def test_hub_download_asks_for_one_precision_and_fills_gaps(hf_cache, tmp_path, monkeypatch) -> None:
+def test_hub_download_asks_for_one_precision_and_fills_gaps(sdxl_models, tmp_path, monkeypatch) -> None:
     """With the network allowed, only configs and the wanted variant's weights are fetched; a component
     without fp16 files gets its default files. The hub is replaced by a copy of the tiny repo."""
     import fnmatch
@@ -131,7 +130,7 @@ def test_hub_download_asks_for_one_precision_and_fills_gaps(hf_cache, tmp_path, 
     from imagegen.models import sources
 
     source = tmp_path / "published"
-    shutil.copytree(snapshot_path(hf_cache, SDXL_TURBO), source)
+    shutil.copytree(snapshot_path(sdxl_models, SDXL_TURBO), source)
     (source / "unet" / "diffusion_pytorch_model.fp16.safetensors").unlink()
     (source / "sd_xl_turbo_1.0.safetensors").write_bytes(b"a 7 GB single-file checkpoint we never fetch")
     downloaded = tmp_path / "downloaded"
@@ -164,13 +163,13 @@ def test_hub_download_asks_for_one_precision_and_fills_gaps(hf_cache, tmp_path, 
     assert (downloaded / "vae" / "diffusion_pytorch_model.safetensors").is_file()
 
 
-def test_a_lightning_file_for_another_unet_is_a_clear_error(hf_cache, tmp_path, monkeypatch) -> None:
+def test_a_lightning_file_for_another_unet_is_a_clear_error(sdxl_models, tmp_path, monkeypatch) -> None:
     import torch
     from safetensors.torch import save_file
     from tiny_models import SDXL_LIGHTNING
 
     cache = tmp_path / "cache"
-    shutil.copytree(hf_cache, cache, symlinks=True)
+    shutil.copytree(sdxl_models, cache, symlinks=True)
     save_file({"conv_in.weight": torch.zeros(1)},
               snapshot_path(cache, SDXL_LIGHTNING) / "sdxl_lightning_4step_unet.safetensors")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
@@ -178,17 +177,17 @@ def test_a_lightning_file_for_another_unet_is_a_clear_error(hf_cache, tmp_path, 
         Engine(EngineOptions(device="cpu")).generate(GenerationRequest(**{**TURBO, "recipe": "sdxl-lightning"}))
 
 
-def test_a_partial_download_and_an_odd_model_index_are_clear_errors(hf_cache, tmp_path) -> None:
+def test_a_partial_download_and_an_odd_model_index_are_clear_errors(sdxl_models, tmp_path) -> None:
     import json
 
     partial = tmp_path / "partial"
-    shutil.copytree(snapshot_path(hf_cache, SDXL_TURBO), partial)
+    shutil.copytree(snapshot_path(sdxl_models, SDXL_TURBO), partial)
     for weights in (partial / "unet").glob("*.safetensors"):
         weights.unlink()
     with pytest.raises(ModelNotFound, match="unet has no weights"):
         Engine(EngineOptions(device="cpu")).generate(GenerationRequest(**{**TURBO, "model": str(partial)}))
     odd = tmp_path / "odd"
-    shutil.copytree(snapshot_path(hf_cache, SDXL_TURBO), odd)
+    shutil.copytree(snapshot_path(sdxl_models, SDXL_TURBO), odd)
     index = json.loads((odd / "model_index.json").read_text())
     index["unet"] = ["diffusers", "UNet9000Model"]
     (odd / "model_index.json").write_text(json.dumps(index))

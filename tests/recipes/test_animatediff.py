@@ -7,12 +7,14 @@ import sys
 
 import numpy as np
 import pytest
-import seed_reference_animatediff
+import reference_tutorial_animatediff
 
 from imagegen.errors import InvalidRequest
+from imagegen.outputs.video_files import probe_video, read_video_infotext
 from imagegen.prompts.lora_tags import LoraSpec
 from imagegen.request import GenerationRequest
-from imagegen.outputs.video_files import probe_video, read_video_infotext
+
+pytestmark = pytest.mark.usefixtures("animatediff_models")
 
 PROMPT = "a girl smiling, masterpiece"
 SIZE = {"width": 64, "height": 64}
@@ -28,7 +30,7 @@ def animatediff(recipe: str = "animatediff", **options) -> GenerationRequest:
 
 def test_matches_diffusers_animatediff_example(engine) -> None:
     ours = engine.generate(animatediff(seed=3, num_inference_steps=3))
-    theirs = seed_reference_animatediff.animatediff(PROMPT, seed=3, num_frames=4, steps=3)
+    theirs = reference_tutorial_animatediff.animatediff(PROMPT, seed=3, num_frames=4, steps=3)
     np.testing.assert_array_equal(frames_of(ours[0].frames), frames_of(theirs))
     assert "Frames: 4" in ours[0].infotext and "FPS: 8" in ours[0].infotext
 
@@ -36,11 +38,11 @@ def test_matches_diffusers_animatediff_example(engine) -> None:
 @pytest.mark.parametrize("steps", [2, 4])
 def test_lightning_matches_its_model_card(engine, steps) -> None:
     ours = engine.generate(animatediff("animatediff-lightning", seed=3, num_inference_steps=steps))
-    theirs = seed_reference_animatediff.animatediff_lightning(PROMPT, seed=3, steps=steps, num_frames=4)
+    theirs = reference_tutorial_animatediff.animatediff_lightning(PROMPT, seed=3, steps=steps, num_frames=4)
     np.testing.assert_array_equal(frames_of(ours[0].frames), frames_of(theirs))
 
 
-def test_batches_keep_the_seed_contract_and_loras_apply_and_leave(engine, hf_cache, tmp_path, monkeypatch) -> None:
+def test_batches_keep_the_seed_contract_and_loras_apply_and_leave(engine, tmp_path, monkeypatch) -> None:
     from tiny_sd15 import write_loras
 
     write_loras(tmp_path)
@@ -71,8 +73,9 @@ def test_bad_requests_are_refused_before_loading(options, message) -> None:
         animatediff(**options).resolve(get_recipe("animatediff"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("suffix", "frames"), [(".mp4", 4), (".gif", 4), ("", 4)])
-def test_cli_writes_a_video_that_info_reads(hf_cache, tmp_path, suffix, frames) -> None:
+def test_cli_writes_a_video_that_info_reads(tmp_path, suffix, frames) -> None:
     out = tmp_path / f"clip{suffix}" if suffix else tmp_path / "frames"
     fmt = [] if suffix else ["--format", "frames"]
     run = subprocess.run([sys.executable, "-m", "imagegen.cli", "generate", PROMPT, "--recipe", "animatediff",

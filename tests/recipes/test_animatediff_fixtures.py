@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-from seed_reference_animatediff import animatediff, animatediff_lightning
+from reference_tutorial_animatediff import animatediff, animatediff_lightning
 from tiny_animatediff import (
     ANIMATEDIFF_LIGHTNING,
     LIGHTNING_STEPS,
@@ -49,14 +49,8 @@ REAL_CONFIG_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def animatediff_cache(hf_cache: Path) -> Path:
-    """conftest's cache, which holds SD 1.5 and the two AnimateDiff repos."""
-    return hf_cache
-
-
-@pytest.fixture(scope="module")
-def pipe(animatediff_cache: Path) -> AnimateDiffPipeline:
-    """The docs example's pipeline, as seed_reference_animatediff.animatediff builds it, for direct calls."""
+def pipe(animatediff_models: Path) -> AnimateDiffPipeline:
+    """The docs example's pipeline, as reference_tutorial_animatediff.animatediff builds it, for direct calls."""
     import torch
     from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
 
@@ -79,21 +73,21 @@ def _assert_frames_differ(video: np.ndarray) -> None:
         assert np.abs(video[index] - video[0]).mean() > 1.0
 
 
-def test_repos_resolve_offline_with_the_real_files(animatediff_cache: Path) -> None:
+def test_repos_resolve_offline_with_the_real_files(animatediff_models: Path) -> None:
     from huggingface_hub import snapshot_download
 
     for repo_id, files in REPO_FILES.items():
         snapshot = Path(snapshot_download(repo_id))
-        assert snapshot == snapshot_path(animatediff_cache, repo_id)
+        assert snapshot == snapshot_path(animatediff_models, repo_id)
         assert {path.name for path in snapshot.iterdir()} == files
 
 
-def test_motion_adapter_fits_the_tiny_sd15_unet_and_keeps_the_real_config(animatediff_cache: Path) -> None:
+def test_motion_adapter_fits_the_tiny_sd15_unet_and_keeps_the_real_config(animatediff_models: Path) -> None:
     import torch
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
     from safetensors import safe_open
 
-    snapshot = snapshot_path(animatediff_cache, MOTION_ADAPTER)
+    snapshot = snapshot_path(animatediff_models, MOTION_ADAPTER)
     written = json.loads((snapshot / "config.json").read_text())
     assert set(written) == REAL_CONFIG_KEYS
     assert written == MOTION_ADAPTER_CONFIG
@@ -112,7 +106,7 @@ def test_motion_adapter_fits_the_tiny_sd15_unet_and_keeps_the_real_config(animat
     assert half.dtype == torch.float16
 
 
-def test_lightning_files_load_strictly_with_their_own_fp16_weights(animatediff_cache: Path) -> None:
+def test_lightning_files_load_strictly_with_their_own_fp16_weights(animatediff_models: Path) -> None:
     """The model card's ``adapter.load_state_dict(load_file(...))`` is strict: every key fits, none is missing."""
     import torch
     from diffusers import MotionAdapter
@@ -132,19 +126,19 @@ def test_lightning_files_load_strictly_with_their_own_fp16_weights(animatediff_c
         seen.append(adapter.state_dict()[probe])
 
 
-def test_lightning_rejects_step_counts_without_a_checkpoint(animatediff_cache: Path) -> None:
+def test_lightning_rejects_step_counts_without_a_checkpoint(animatediff_models: Path) -> None:
     with pytest.raises(ValueError, match="1, 2, 4, 8"):
         animatediff_lightning(PROMPT, seed=0, steps=3)
 
 
-def test_builds_are_identical(animatediff_cache: Path, tmp_path: Path) -> None:
+def test_builds_are_identical(animatediff_models: Path, tmp_path: Path) -> None:
     """The commit hash covers every file's content, so equal hashes mean byte-identical repos."""
     build_animatediff(tmp_path)
     for repo_id in REPO_FILES:
-        assert snapshot_path(tmp_path, repo_id).name == snapshot_path(animatediff_cache, repo_id).name
+        assert snapshot_path(tmp_path, repo_id).name == snapshot_path(animatediff_models, repo_id).name
 
 
-def test_reference_is_seeded_sized_and_animated(animatediff_cache: Path) -> None:
+def test_reference_is_seeded_sized_and_animated(animatediff_models: Path) -> None:
     frames = animatediff(PROMPT, seed=7, num_frames=4, steps=2, width=64, height=48)
     assert [frame.size for frame in frames] == [(64, 48)] * 4
     video = _pixels(frames)
@@ -152,7 +146,7 @@ def test_reference_is_seeded_sized_and_animated(animatediff_cache: Path) -> None
     _assert_frames_differ(video)
 
 
-def test_lightning_reference_is_seeded_sized_and_animated(animatediff_cache: Path) -> None:
+def test_lightning_reference_is_seeded_sized_and_animated(animatediff_models: Path) -> None:
     frames = animatediff_lightning(PROMPT, seed=7, steps=2, num_frames=4)
     assert [frame.size for frame in frames] == [(64, 64)] * 4
     video = _pixels(frames)

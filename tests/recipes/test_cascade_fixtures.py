@@ -1,4 +1,5 @@
-"""The tiny Stable Cascade repos load and generate like the real ones, and the seed's reference snippet runs on them."""
+"""The tiny Stable Cascade repos load and generate like the real ones, and the reference tutorial's snippet runs on
+them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from seed_reference_cascade import stable_cascade, wuerstchen_module_alias
+from reference_tutorial_cascade import stable_cascade, wuerstchen_module_alias
 from tiny_cascade import (
     CASCADE_DECODER,
     CASCADE_DECODER_MS,
@@ -30,15 +31,10 @@ WEIGHTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def cascade_cache(hf_cache: Path) -> Path:
-    """conftest's cache, which holds the two repos; diffusers finds them offline by repo id."""
-    return hf_cache
-
-
-def test_reference_generates_one_seeded_image_per_embedding(cascade_cache: Path) -> None:
-    """The seed's 20 prior + 10 decoder steps end to end; a batch with a generator per image (the decoder called
-    without num_images_per_prompt, as in the seed) gives image i of seed + i, up to float rounding."""
+def test_reference_generates_one_seeded_image_per_embedding(cascade_models: Path) -> None:
+    """The reference tutorial's 20 prior + 10 decoder steps end to end; a batch with a generator per image (the
+    decoder called without num_images_per_prompt, as in the tutorial) gives image i of seed + i, up to float
+    rounding."""
     single = stable_cascade(PROMPT, seed=7)
     batch = stable_cascade(PROMPT, seed=6, num_images=2)
     size = (CASCADE_TEST_SIZE, CASCADE_TEST_SIZE)
@@ -50,18 +46,18 @@ def test_reference_generates_one_seeded_image_per_embedding(cascade_cache: Path)
     assert np.abs(np.asarray(batch[0]).astype(float) - pixels).mean() > 10
 
 
-def test_builds_are_identical(cascade_cache: Path, tmp_path: Path) -> None:
+def test_builds_are_identical(cascade_models: Path, tmp_path: Path) -> None:
     """The commit hash covers every file's content, so equal hashes mean byte-identical repos."""
     build_cascade(tmp_path)
     for repo_id in (CASCADE_PRIOR, CASCADE_DECODER):
-        assert snapshot_path(tmp_path, repo_id).name == snapshot_path(cascade_cache, repo_id).name
+        assert snapshot_path(tmp_path, repo_id).name == snapshot_path(cascade_models, repo_id).name
 
 
 @pytest.mark.parametrize(("repo_id", "component"), [(repo, name) for repo in WEIGHTS for name in WEIGHTS[repo]])
-def test_bf16_variants_sit_beside_the_full_weights(cascade_cache: Path, repo_id: str, component: str) -> None:
+def test_bf16_variants_sit_beside_the_full_weights(cascade_models: Path, repo_id: str, component: str) -> None:
     from safetensors import safe_open
 
-    folder = snapshot_path(cascade_cache, repo_id) / component
+    folder = snapshot_path(cascade_models, repo_id) / component
     stem = WEIGHTS[repo_id][component]
     for name, dtype in ((f"{stem}.safetensors", "torch.float32"), (f"{stem}.bf16.safetensors", "torch.bfloat16")):
         with safe_open(folder / name, framework="pt") as weights:
@@ -70,23 +66,23 @@ def test_bf16_variants_sit_beside_the_full_weights(cascade_cache: Path, repo_id:
         assert {str(tensor.dtype) for tensor in tensors if tensor.is_floating_point()} == {dtype}
 
 
-def test_decoder_repo_names_the_vqgan_library_as_published(cascade_cache: Path) -> None:
+def test_decoder_repo_names_the_vqgan_library_as_published(cascade_models: Path) -> None:
     """The real model_index.json says "wuerstchen", which current diffusers no longer resolves by itself."""
     import torch
     from diffusers import StableCascadeDecoderPipeline
 
-    index = json.loads((snapshot_path(cascade_cache, CASCADE_DECODER) / "model_index.json").read_text())
+    index = json.loads((snapshot_path(cascade_models, CASCADE_DECODER) / "model_index.json").read_text())
     assert index["vqgan"] == ["wuerstchen", "PaellaVQModel"]
     with pytest.raises(ValueError, match="is not a module in 'diffusers/pipelines'"):
         StableCascadeDecoderPipeline.from_pretrained(CASCADE_DECODER, torch_dtype=torch.float32)
 
 
-def test_old_key_decoder_copy_fails_in_diffusers_with_the_shape_error(cascade_cache: Path, tmp_path: Path) -> None:
+def test_old_key_decoder_copy_fails_in_diffusers_with_the_shape_error(cascade_models: Path, tmp_path: Path) -> None:
     """A decoder config that says c_in instead of in_channels: diffusers builds a 16-channel input layer."""
     import torch
     from diffusers import StableCascadeDecoderPipeline
 
-    folder = write_old_key_decoder_copy(cascade_cache, tmp_path)
+    folder = write_old_key_decoder_copy(cascade_models, tmp_path)
     assert folder == tmp_path / "models" / CASCADE_DECODER_MS
     config = json.loads((folder / "decoder" / "config.json").read_text())
     assert config["c_in"] == 4 and "in_channels" not in config

@@ -1,4 +1,4 @@
-"""sdxl-controlnet-canny: the seed's snippet pixel for pixel, other ControlNets, and bad control images."""
+"""sdxl-controlnet-canny: the reference tutorial's snippet pixel for pixel, other ControlNets, bad control images."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ import sys
 
 import numpy as np
 import pytest
-import seed_reference_controlnet
+import reference_tutorial_controlnet
 from PIL import Image
 from tiny_controlnet import CONTROLNET_DEPTH, edge_test_image, write_edge_test_image
 
-from imagegen.pipelines.control import control_image
 from imagegen.errors import InvalidImage, InvalidRequest
 from imagegen.parameters import request_from_infotext
+from imagegen.pipelines.control import control_image
 from imagegen.request import GenerationRequest
+
+pytestmark = pytest.mark.usefixtures("controlnet_models")
 
 PROMPT = "sea turtle, hard lighting"
 STEPS = 3
@@ -34,10 +36,10 @@ def photo(tmp_path_factory):
     return write_edge_test_image(tmp_path_factory.mktemp("control") / "canny.jpg", size=(72, 64))
 
 
-def test_matches_the_seed_code_pixel_for_pixel(engine, photo) -> None:
+def test_matches_the_reference_tutorial_pixel_for_pixel(engine, photo) -> None:
     ours = engine.generate(controlnet(photo, seed=8))
-    theirs, edges = seed_reference_controlnet.sdxl_controlnet_canny(PROMPT, Image.open(photo), seed=8, steps=STEPS)
-    assert ours[0].image.size == (72, 64)  # the control image's size, as the seed gets it
+    theirs, edges = reference_tutorial_controlnet.sdxl_controlnet_canny(PROMPT, Image.open(photo), seed=8, steps=STEPS)
+    assert ours[0].image.size == (72, 64)  # the control image's size, as the reference tutorial gets it
     np.testing.assert_array_equal(pixels(ours[0].image), pixels(theirs[0]))
     np.testing.assert_array_equal(pixels(control_image(ours[0].request)), pixels(edges))
     assert 'ControlNet 0: "Module: canny, Model: diffusers/controlnet-canny-sdxl-1.0, Weight: 0.5, Threshold A: 100, ' \
@@ -47,7 +49,7 @@ def test_matches_the_seed_code_pixel_for_pixel(engine, photo) -> None:
 
 def test_thresholds_scale_and_replay(engine, photo) -> None:
     first = engine.generate(controlnet(photo, seed=8, canny_low=50, canny_high=120, controlnet_conditioning_scale=0.8))
-    theirs, _ = seed_reference_controlnet.sdxl_controlnet_canny(
+    theirs, _ = reference_tutorial_controlnet.sdxl_controlnet_canny(
         PROMPT, Image.open(photo), seed=8, steps=STEPS, low=50, high=120, controlnet_conditioning_scale=0.8)
     np.testing.assert_array_equal(pixels(first[0].image), pixels(theirs[0]))
     replay = request_from_infotext(first[0].infotext)
@@ -61,7 +63,7 @@ def test_another_controlnet_with_a_prepared_map(engine, tmp_path) -> None:
     depth.save(tmp_path / "depth.png")
     ours = engine.generate(controlnet(tmp_path / "depth.png", seed=2, controlnet=CONTROLNET_DEPTH,
                                       control_is_edges=True))
-    theirs, _ = seed_reference_controlnet.sdxl_controlnet_canny(PROMPT, depth, seed=2, steps=STEPS,
+    theirs, _ = reference_tutorial_controlnet.sdxl_controlnet_canny(PROMPT, depth, seed=2, steps=STEPS,
                                                                 controlnet_id=CONTROLNET_DEPTH, preprocess=False)
     np.testing.assert_array_equal(pixels(ours[0].image), pixels(theirs[0]))
     assert f"Module: none, Model: {CONTROLNET_DEPTH}, Weight: 0.5" in ours[0].infotext
@@ -83,7 +85,8 @@ def test_bad_control_images_are_clear_errors(engine, tmp_path) -> None:
     assert ours[0].image.size == (64, 64)
 
 
-def test_cli_saves_the_edge_map_beside_the_result(hf_cache, photo, tmp_path) -> None:
+@pytest.mark.slow
+def test_cli_saves_the_edge_map_beside_the_result(photo, tmp_path) -> None:
     out = tmp_path / "turtle.png"
     result = subprocess.run([sys.executable, "-m", "imagegen.cli", "generate", PROMPT, "--recipe",
                              "sdxl-controlnet-canny", "--control-image", str(photo), "--steps", "2", "--seed", "1",
@@ -94,24 +97,25 @@ def test_cli_saves_the_edge_map_beside_the_result(hf_cache, photo, tmp_path) -> 
     assert edges.size == (72, 64) and set(np.unique(pixels(edges))) <= {0, 255}
 
 
-def test_a_single_file_sdxl_checkpoint_goes_into_the_controlnet_pipeline(engine, hf_cache, photo, tmp_path) -> None:
+def test_a_single_file_sdxl_checkpoint_goes_into_the_controlnet_pipeline(engine, controlnet_models, photo,
+                                                                         tmp_path) -> None:
     from single_file_checkpoint import write_sdxl_single_file
     from tiny_models import SDXL_BASE, snapshot_path
 
-    checkpoint = write_sdxl_single_file(snapshot_path(hf_cache, SDXL_BASE), tmp_path / "sdxl.safetensors")
+    checkpoint = write_sdxl_single_file(snapshot_path(controlnet_models, SDXL_BASE), tmp_path / "sdxl.safetensors")
     from_file = engine.generate(controlnet(photo, seed=8, model=str(checkpoint)))
     from_folder = engine.generate(controlnet(photo, seed=8))
     np.testing.assert_array_equal(pixels(from_file[0].image), pixels(from_folder[0].image))
 
 
-def test_an_sd15_controlnet_is_refused_with_a_reason(engine, hf_cache, photo, tmp_path) -> None:
+def test_an_sd15_controlnet_is_refused_with_a_reason(engine, sd15_models, photo, tmp_path) -> None:
     import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
     from tiny_models import snapshot_path
     from tiny_sd15 import SD15
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_pretrained(snapshot_path(hf_cache, SD15) / "unet")
+    unet = UNet2DConditionModel.from_pretrained(snapshot_path(sd15_models, SD15) / "unet")
     ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32)).save_pretrained(tmp_path / "cn15")
     with pytest.raises(InvalidRequest, match="is not made for SDXL"):
         engine.generate(controlnet(photo, seed=1, controlnet=str(tmp_path / "cn15"), control_is_edges=True))

@@ -1,5 +1,5 @@
-"""The tiny SD 1.5 fixtures resolve like the real repos, the seed's SD 1.5 recipes run on them, and every LoRA
-file loads into plain diffusers with each of its keys on a module."""
+"""The tiny SD 1.5 fixtures resolve like the real repos, the reference tutorial's SD 1.5 recipes run on them, and
+every LoRA file loads into plain diffusers with each of its keys on a module."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-import seed_reference_sd15
+import reference_tutorial_sd15
 from tiny_models import SDXL_BASE, snapshot_path
 from tiny_sd15 import (
     DUNHUANG,
@@ -55,12 +55,12 @@ class Fixtures:
 
 
 @pytest.fixture(scope="module")
-def built(hf_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fixtures]:
+def built(sd15_models: Path, sdxl_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fixtures]:
     """conftest's cache (SD 1.5 and the SDXL base), majicmix and the Dunhuang LoRA in a ModelScope cache, the
     four LoRA files in a plain folder."""
     modelscope_cache = tmp_path_factory.mktemp("sd15_modelscope_cache")
     fixtures = Fixtures(
-        hf_cache=hf_cache,
+        hf_cache=sd15_models,
         modelscope_cache=modelscope_cache,
         majicmix=write_majicmix_modelscope(modelscope_cache),
         dunhuang=write_dunhuang_modelscope(modelscope_cache),
@@ -75,7 +75,11 @@ def built(hf_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def pipes(built: Fixtures) -> dict[str, DiffusionPipeline]:
     """One float32 pipeline per base model, shared by the LoRA tests (each unloads what it loads)."""
     import torch
-    from diffusers import AutoPipelineForText2Image, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import (
+        AutoPipelineForText2Image,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+    )
 
     loaded = {
         "sd15": StableDiffusionPipeline.from_pretrained(SD15, safety_checker=None, torch_dtype=torch.float32),
@@ -133,9 +137,9 @@ def test_majicmix_is_a_converted_pipeline_in_a_modelscope_subfolder(built: Fixtu
 def test_safety_checker_never_blacks_out(built: Fixtures, plain_images: dict[str, Image]) -> None:
     """The official folder loads with its safety checker, which passes the image the checker-less run gives.
 
-    Also the seed recipe's form for a pipeline folder without a sub-folder, as for a LoRA on plain SD 1.5.
+    Also the reference tutorial's form for a pipeline folder without a sub-folder, as for a LoRA on plain SD 1.5.
     """
-    with_checker = seed_reference_sd15.sd15_lora(snapshot_path(built.hf_cache, SD15), None, None, PROMPT, seed=7,
+    with_checker = reference_tutorial_sd15.sd15_lora(snapshot_path(built.hf_cache, SD15), None, None, PROMPT, seed=7,
                                                  steps=2, subfolder="")
     assert np.array_equal(_pixels(with_checker[0]), _pixels(plain_images["sd15"]))
 
@@ -143,19 +147,19 @@ def test_safety_checker_never_blacks_out(built: Fixtures, plain_images: dict[str
 def test_reference_recipes_are_seeded_and_sized(built: Fixtures) -> None:
     from PIL import Image as PILImage
 
-    first, again, other = (seed_reference_sd15.sd15(PROMPT, seed=seed, steps=2, width=64, height=32)
+    first, again, other = (reference_tutorial_sd15.sd15(PROMPT, seed=seed, steps=2, width=64, height=32)
                            for seed in (7, 7, 8))
     assert [image.size for image in first] == [(64, 32)]
     assert np.array_equal(_pixels(first[0]), _pixels(again[0]))
     assert not np.array_equal(_pixels(first[0]), _pixels(other[0]))
-    first, again = (seed_reference_sd15.sd15_lora(built.majicmix, built.dunhuang, DUNHUANG_WEIGHT_NAME, PROMPT,
+    first, again = (reference_tutorial_sd15.sd15_lora(built.majicmix, built.dunhuang, DUNHUANG_WEIGHT_NAME, PROMPT,
                                                   seed=7, steps=2, width=64, height=32, num_images=2)
                     for _ in range(2))
     assert [image.size for image in first] == [(64, 32), (64, 32)]
     assert np.array_equal(_pixels(first[1]), _pixels(again[1]))
     assert not np.array_equal(_pixels(first[0]), _pixels(first[1]))
     init_image = PILImage.fromarray(np.linspace(0, 255, 64 * 64 * 3).astype(np.uint8).reshape(64, 64, 3))
-    first, again = (seed_reference_sd15.sd15_img2img(PROMPT, init_image, seed=7, steps=2, strength=0.5)
+    first, again = (reference_tutorial_sd15.sd15_img2img(PROMPT, init_image, seed=7, steps=2, strength=0.5)
                     for _ in range(2))
     assert [image.size for image in first] == [(64, 64)]
     assert np.array_equal(_pixels(first[0]), _pixels(again[0]))
@@ -163,7 +167,7 @@ def test_reference_recipes_are_seeded_and_sized(built: Fixtures) -> None:
 
 def test_majicmix_and_the_dunhuang_lora_each_change_the_image(built: Fixtures,
                                                               plain_images: dict[str, Image]) -> None:
-    dunhuang = seed_reference_sd15.sd15_lora(built.majicmix, built.dunhuang, DUNHUANG_WEIGHT_NAME, PROMPT,
+    dunhuang = reference_tutorial_sd15.sd15_lora(built.majicmix, built.dunhuang, DUNHUANG_WEIGHT_NAME, PROMPT,
                                              seed=7, steps=2)[0]
     assert _mean_difference(plain_images["majicmix"], plain_images["sd15"]) > 5
     assert _mean_difference(dunhuang, plain_images["majicmix"]) > 5

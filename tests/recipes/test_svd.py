@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import seed_reference_svd
+import reference_tutorial_svd
 from tiny_svd import SVD_TEST_FRAMES, SVD_TEST_HEIGHT, SVD_TEST_WIDTH, svd_test_image
 
 from imagegen.errors import InvalidRequest
-from imagegen.request import GenerationRequest
 from imagegen.outputs.video_files import probe_video, read_video_infotext
+from imagegen.request import GenerationRequest
+
+pytestmark = pytest.mark.usefixtures("svd_models")
 
 SIZE = {"width": SVD_TEST_WIDTH, "height": SVD_TEST_HEIGHT}
 
@@ -32,7 +34,7 @@ def frames_of(video) -> np.ndarray:
 
 def test_matches_diffusers_svd_example_frame_for_frame(engine, picture) -> None:
     ours = engine.generate(svd(picture, seed=4, motion_bucket_id=200, noise_aug_strength=0.05))
-    theirs = seed_reference_svd.svd(svd_test_image(), seed=4, steps=3, motion_bucket_id=200,
+    theirs = reference_tutorial_svd.svd(svd_test_image(), seed=4, steps=3, motion_bucket_id=200,
                                     noise_aug_strength=0.05)
     assert len(ours[0].frames) == SVD_TEST_FRAMES
     np.testing.assert_array_equal(frames_of(ours[0].frames), frames_of(theirs))
@@ -63,7 +65,7 @@ def test_the_video_file_carries_the_parameters(engine, picture, tmp_path) -> Non
         ({"init_image": None}, r"needs an input image \(--init-image PATH\)"),
         ({"strength": 0.5}, "recipe svd does not take a strength"),
         ({"output_format": "png"}, "recipe svd writes videos: choose one of mp4, gif, webp, frames, not png"),
-        ({"num_frames": 65}, "num_frames must be between 1 and 64"),
+        ({"num_frames": 65}, r"num_frames \(frames\) must be between 1 and 64"),
         ({"scheduler": "euler"}, "recipe svd does not take --scheduler"),
     ],
 )

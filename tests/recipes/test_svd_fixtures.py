@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from seed_reference_svd import svd
+from reference_tutorial_svd import svd
+from tiny_models import snapshot_path
 from tiny_svd import (
     SVD_TEST_FRAMES,
     SVD_TEST_HEIGHT,
@@ -17,20 +18,13 @@ from tiny_svd import (
     build_svd,
     svd_test_image,
 )
-from tiny_models import snapshot_path
 
 # Weighted components and their weights file stem; each has the fp32 file and the "fp16" variant.
 WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "image_encoder": "model"}
 
 
 @pytest.fixture(scope="module")
-def svd_cache(hf_cache: Path) -> Path:
-    """conftest's cache, which holds the SVD-XT repo."""
-    return hf_cache
-
-
-@pytest.fixture(scope="module")
-def video(svd_cache: Path) -> list:
+def video(svd_models: Path) -> list:
     """The reference example's frames for seed 7 at the test defaults (10 frames of 64x40, 25 steps)."""
     return svd(svd_test_image(), seed=7)
 
@@ -63,14 +57,14 @@ def test_decode_chunk_size_changes_frames_only_when_it_splits_the_video(video: l
     assert np.abs(whole - _pixels(video)).mean() > 1
 
 
-def test_builds_are_identical(svd_cache: Path, tmp_path: Path) -> None:
+def test_builds_are_identical(svd_models: Path, tmp_path: Path) -> None:
     """The commit hash covers every file's content, so equal hashes mean byte-identical repos."""
     build_svd(tmp_path)
-    assert snapshot_path(tmp_path, SVD_XT).name == snapshot_path(svd_cache, SVD_XT).name
+    assert snapshot_path(tmp_path, SVD_XT).name == snapshot_path(svd_models, SVD_XT).name
 
 
-def test_repo_has_the_real_layout(svd_cache: Path) -> None:
-    snapshot = snapshot_path(svd_cache, SVD_XT)
+def test_repo_has_the_real_layout(svd_models: Path) -> None:
+    snapshot = snapshot_path(svd_models, SVD_XT)
     files = {path.relative_to(snapshot).as_posix() for path in snapshot.rglob("*") if path.is_file()}
     weights = {f"{name}/{stem}{variant}.safetensors" for name, stem in WEIGHTS.items() for variant in ("", ".fp16")}
     configs = {"model_index.json", "scheduler/scheduler_config.json", "feature_extractor/preprocessor_config.json",
@@ -91,10 +85,10 @@ def test_repo_has_the_real_layout(svd_cache: Path) -> None:
 
 
 @pytest.mark.parametrize("component", sorted(WEIGHTS))
-def test_fp16_variants_sit_beside_the_full_weights(svd_cache: Path, component: str) -> None:
+def test_fp16_variants_sit_beside_the_full_weights(svd_models: Path, component: str) -> None:
     from safetensors import safe_open
 
-    folder = snapshot_path(svd_cache, SVD_XT) / component
+    folder = snapshot_path(svd_models, SVD_XT) / component
     stem = WEIGHTS[component]
     for name, dtype in ((f"{stem}.safetensors", "torch.float32"), (f"{stem}.fp16.safetensors", "torch.float16")):
         with safe_open(folder / name, framework="pt") as weights:

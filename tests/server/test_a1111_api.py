@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagegen.outputs.metadata import parse_infotext
 from imagegen.options import DEFAULT_RECIPE
+from imagegen.outputs.metadata import parse_infotext
 from imagegen.recipes import RECIPES
 
 ERROR_KEYS = {"error", "detail", "body", "errors"}  # A1111's error body

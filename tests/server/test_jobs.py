@@ -6,7 +6,14 @@ import sqlite3
 
 import pytest
 
-from imagegen.errors import Cancelled, ImagegenError, InvalidOutput, InvalidRequest, ModelNotFound, error_class
+from imagegen.errors import (
+    Cancelled,
+    ImagegenError,
+    InvalidOutput,
+    InvalidRequest,
+    ModelNotFound,
+    error_class,
+)
 from imagegen.request import GenerationRequest
 from imagegen.server.jobs import JobStore
 

@@ -231,3 +231,12 @@ def test_origin_null_and_foreign_hosts_are_refused(server) -> None:
     with server.client() as client:
         assert client.post("/v1/jobs", json={"prompt": "7"}, headers={"Origin": "null"}).status_code == 403
         assert client.get("/docs").status_code == 404 and client.get("/openapi.json").status_code == 404
+
+
+def test_recipes_say_whether_their_files_are_on_the_server(server) -> None:
+    """"ready": every file the recipe loads in the server's precision is in its cache (the tiny SDXL family is, in
+    float32 on this CPU server; the built-in model always is)."""
+    with server.client() as client:
+        ready = {recipe["name"]: recipe["ready"] for recipe in client.get("/v1/recipes").json()}
+    assert ready["digits"] and ready["sdxl-turbo"] and ready["sd15"]
+    assert set(ready.values()) == {True, False}

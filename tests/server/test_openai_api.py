@@ -10,12 +10,11 @@ import httpx
 import openai
 import pytest
 from PIL import Image
-
-from imagegen.outputs.metadata import parse_infotext, read_infotext
-from imagegen.options import DEFAULT_RECIPE
-from imagegen.recipes import RECIPES
-
 from server.conftest import start_server
+
+from imagegen.options import DEFAULT_RECIPE
+from imagegen.outputs.metadata import parse_infotext, read_infotext
+from imagegen.recipes import RECIPES
 
 
 def openai_client(server, **options) -> openai.OpenAI:

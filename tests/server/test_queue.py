@@ -78,6 +78,7 @@ def pixels(client: httpx.Client, job: dict, index: int = 0) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png.content)).convert("RGB"), dtype=np.int16)
 
 
+@pytest.mark.slow
 def test_kill_9_loses_no_job_and_the_interrupted_one_gives_the_same_images(serve, tmp_path) -> None:
     first = serve(tmp_path)
     with first.client() as client:
@@ -101,6 +102,7 @@ def test_kill_9_loses_no_job_and_the_interrupted_one_gives_the_same_images(serve
             np.testing.assert_array_equal(pixels(client, rerun, index), pixels(client, alone, index))
 
 
+@pytest.mark.slow
 def test_compatible_jobs_share_one_call_and_each_gives_its_image_alone(serve, tmp_path) -> None:
     bodies = [{"prompt": "a red cube", "seed": 1}, {"prompt": "a blue ball", "seed": 2, "num_images": 2},
               {"prompt": "a green cone", "seed": 3}, {"prompt": "a cat", "seed": 4}]
@@ -160,6 +162,7 @@ def test_a_job_with_a_corrupt_lora_fails_alone(serve, server_env, tmp_path) -> N
     assert "broken.safetensors cannot be read" in broken["error"]
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_running_job_exits_0_and_keeps_the_queue(serve, tmp_path) -> None:
     server = serve(tmp_path)
     with server.client() as client:

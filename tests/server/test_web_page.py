@@ -1,14 +1,23 @@
-"""The web page in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright) against a real
-server: the key, a digits job with its live progress bar, the gallery after a reload, and "reuse these settings"."""
+"""The web page in a real headless Chromium, driven by Playwright, against a real server: the key, a digits job with
+its live progress bar, the gallery after a reload, and "reuse these settings"."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from test_native_api import wait_done
 
-CHROMIUM = "/usr/bin/chromium"
+if TYPE_CHECKING:
+    from playwright.sync_api import Playwright
+
+BROWSER_VARIABLE = "IMAGEGEN_TEST_BROWSER"
+NO_BROWSER = (f"no Chromium: install Debian's chromium, run `playwright install chromium`, or set {BROWSER_VARIABLE} "
+              "to a Chromium-family executable")
 # No background connections: this machine's closed network refuses them (and CI's need not allow them either).
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -21,16 +30,33 @@ RECORD_PROGRESS = """() => {
 }"""
 
 
+def find_chromium(playwright: Playwright) -> str | None:
+    """The browser to drive: $IMAGEGEN_TEST_BROWSER, else the one `playwright install chromium` put in Playwright's
+    own folder, else a Chromium on PATH (Debian's ``chromium``, Ubuntu's ``chromium-browser``, ``google-chrome``)."""
+    if chosen := os.environ.get(BROWSER_VARIABLE):
+        return chosen
+    if Path(playwright.chromium.executable_path).is_file():
+        return playwright.chromium.executable_path
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if found := shutil.which(name):
+            return found
+    return None
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        executable = find_chromium(playwright)
+        if executable is None:
+            pytest.skip(NO_BROWSER)
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
         yield browser
         browser.close()
 
 
+@pytest.mark.slow
 def test_the_page_generates_with_live_progress_and_reuses_settings_from_the_gallery(server, browser) -> None:
     from playwright.sync_api import expect
 
@@ -93,6 +119,57 @@ def test_the_page_generates_with_live_progress_and_reuses_settings_from_the_gall
     assert errors == []
 
 
+# Every text the status line shows, with whether it was styled as an error.
+RECORD_STATUS = """() => {
+    const status = document.getElementById("status");
+    window.statusSeen = [];
+    new MutationObserver(() => window.statusSeen.push([status.textContent, status.classList.contains("error")]))
+        .observe(status, {childList: true, characterData: true, subtree: true, attributes: true});
+}"""
+
+
+@pytest.mark.slow
+def test_the_page_marks_missing_models_and_shows_refusals_as_errors(server, browser) -> None:
+    from playwright.sync_api import expect
+
+    with server.client() as client:
+        ready = {recipe["name"]: recipe["ready"] for recipe in client.get("/v1/recipes").json()}
+    page = browser.new_page()
+    page.set_default_timeout(20_000)
+    page.goto(server.url)
+    page.get_by_label("API key").fill(server.api_key)
+    page.get_by_role("button", name="Use key").click()
+    expect(page.get_by_label("Recipe")).to_have_value("digits")
+    labels = page.get_by_label("Recipe").locator("option").all_inner_texts()
+    assert labels == [name if ready[name] else f"{name} (not downloaded)" for name in ready]
+    assert ready["digits"] and not all(ready.values())  # the tiny cache lacks some recipes' models
+    assert page.locator('link[rel="icon"]').get_attribute("href") == "/web/icon.svg"
+
+    page.evaluate(RECORD_STATUS)
+    page.get_by_label("Prompt", exact=True).fill("banana")
+    page.get_by_role("button", name="Generate").click()
+    status = page.get_by_role("status")
+    expect(status).to_contain_text("this model knows no class 'banana'")
+    expect(status).to_have_class("error")  # styled as an error, not raw JSON in an alert
+
+    page.get_by_label("Prompt", exact=True).fill("4")
+    page.get_by_role("button", name="Generate").click()
+    expect(status).to_have_text("Done", timeout=60_000)
+    expect(status).not_to_have_class("error")
+    seen = page.evaluate("window.statusSeen")
+    assert not [text for text, _ in seen if text.startswith("Step 0 of")], seen
+    assert all(error for text, error in seen if "banana" in text), seen
+
+
+def test_the_icon_is_served_where_browsers_ask_for_it(server) -> None:
+    import httpx
+
+    for path in ("/web/icon.svg", "/favicon.ico"):
+        icon = httpx.get(f"{server.url}{path}")
+        assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+        assert icon.text.lstrip().startswith("<svg")
+
+
 def test_the_page_and_its_files_are_public_and_forbid_inline_scripts(server) -> None:
     import httpx
 
@@ -102,3 +179,22 @@ def test_the_page_and_its_files_are_public_and_forbid_inline_scripts(server) -> 
     assert httpx.get(f"{server.url}/web/app.js").headers["content-type"].startswith("text/javascript")
     assert httpx.get(f"{server.url}/web/index.html").status_code == 404  # only the listed assets
     assert httpx.get(f"{server.url}/web/..%2Fweb.py").status_code == 404
+
+
+def test_the_browser_comes_from_the_variable_then_playwrights_folder_then_path(monkeypatch, tmp_path) -> None:
+    from types import SimpleNamespace
+
+    bundled, on_path = tmp_path / "ms-playwright" / "chrome", tmp_path / "bin" / "chromium"
+    playwright = SimpleNamespace(chromium=SimpleNamespace(executable_path=str(bundled)))
+    monkeypatch.setenv("PATH", str(on_path.parent))
+    monkeypatch.delenv(BROWSER_VARIABLE, raising=False)
+    assert find_chromium(playwright) is None  # the fixture then skips with NO_BROWSER
+    on_path.parent.mkdir()
+    on_path.write_text("#!/bin/sh\n")
+    on_path.chmod(0o755)
+    assert find_chromium(playwright) == str(on_path)
+    bundled.parent.mkdir()
+    bundled.write_text("")
+    assert find_chromium(playwright) == str(bundled)
+    monkeypatch.setenv(BROWSER_VARIABLE, "/opt/chrome/chrome")
+    assert find_chromium(playwright) == "/opt/chrome/chrome"
