@@ -18,6 +18,7 @@ from tiny_controlnet import build_controlnets
 from tiny_models import build_hf_cache
 from tiny_sd15 import build_sd15
 from tiny_svd import build_svd
+from tiny_taesd import build_taesd
 
 SLOW_TESTS_VARIABLE = "IMAGEGEN_SLOW_TESTS"
 
@@ -94,6 +95,13 @@ def animatediff_models(sd15_models: Path) -> Path:
     """The AnimateDiff motion adapter and AnimateDiff-Lightning (tiny_animatediff), beside the SD 1.5 they animate."""
     build_animatediff(sd15_models)
     return sd15_models
+
+
+@pytest.fixture(scope="session")
+def taesd_models(offline_hf_cache: Path) -> Path:
+    """TAESD and TAESDXL, the tiny VAEs of --fast tiny-vae (tiny_taesd)."""
+    build_taesd(offline_hf_cache)
+    return offline_hf_cache
 
 
 @pytest.fixture(scope="session")

@@ -250,3 +250,13 @@ def test_replaying_a_digits_image_stays_on_the_built_in_path(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "False"
     np.testing.assert_array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(tmp_path / "again.png")))
+
+
+def test_bare_fast_means_every_method_that_applies(sdxl_models, taesd_models, tmp_path, capsys) -> None:
+    from imagegen.cli import main
+    from imagegen.outputs.metadata import parse_infotext
+
+    assert main(["generate", "a fox", *FAST, "--fast", "-q", "-o", str(tmp_path / "fox.png")]) == 0
+    assert parse_infotext(Image.open(tmp_path / "fox.png").info["parameters"]).params["Fast"] == "tiny-vae"
+    assert main(["generate", "7", "--fast", "-q", "-o", str(tmp_path / "seven.png")]) == 0
+    assert "imagegen: warning: --fast tiny-vae: does not apply to recipe digits; ignored" in capsys.readouterr().err

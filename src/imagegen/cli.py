@@ -10,7 +10,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from imagegen.errors import ImagegenError, InvalidRequest
+from imagegen.errors import ImagegenError, InvalidRequest, Notice
 from imagegen.options import OPTIONS, Option
 from imagegen.outputs.formats import (
     IMAGE_SUFFIXES,
@@ -103,6 +103,8 @@ def add_request_options(parser: argparse.ArgumentParser) -> None:
             arguments.update(action="append", metavar=option.metavar)
         else:
             arguments.update(type=option.kind, metavar=option.metavar, choices=option.allowed())
+            if option.flag_alone is not None:
+                arguments.update(nargs="?", const=option.flag_alone)
         if option.name == "recipe":
             arguments.update(choices=list(RECIPES), help=f"{option.help} (default {DEFAULT_RECIPE})")
         group.add_argument(option.cli_flag, **arguments)
@@ -361,9 +363,7 @@ def _info(args: argparse.Namespace) -> int:
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: object = None, line: str | None = None) -> None:
     """Our own warnings as one line, like our errors; a library's keep Python's format."""
-    from imagegen.models.config_repairs import ConfigRepaired
-
-    if issubclass(category, ConfigRepaired):
+    if issubclass(category, Notice):
         print(f"imagegen: warning: {message}", file=sys.stderr)
     else:
         _PYTHON_SHOW_WARNING(message, category, filename, lineno, file, line)

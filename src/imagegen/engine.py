@@ -30,7 +30,7 @@ from imagegen.models.sources import LocalModel, ModelRef, locate, parse_model_ar
 from imagegen.outputs.results import GeneratedImage, GeneratedVideo
 from imagegen.recipes import get_recipe
 from imagegen.recipes.base import Recipe
-from imagegen.request import GenerationRequest
+from imagegen.request import GenerationRequest, fast_methods
 
 OFFLOAD_MODES = ("auto", "none", "model", "sequential")
 ProgressFn = Callable[[int, int], None]
@@ -173,12 +173,16 @@ class Engine:
         """
         precision = self.precision(recipe)
         task = request.task if recipe.image_inputs else "txt2img"  # image-conditioned pipelines take it as is
-        key = (recipe.name, request.model, recipe.cache_key(request), precision, task)
+        key = (recipe.name, request.model, recipe.cache_key(request), precision, task, request.fast)
         if key in self._pipelines:
             self._pipelines.move_to_end(key)
             return self._pipelines[key]
         if task == "txt2img":
             pipe = recipe.build(_Context(self.store, recipe, request, functools.partial(self.precision, recipe)))
+            if request.fast:  # opt-in: the default path never imports imagegen.fast
+                from imagegen.fast import speed_up
+
+                speed_up(pipe, recipe, fast_methods(request.fast), self.store, precision)
             self._place(pipe, precision.offload)
         else:
             text_pipe, text_schedulers = self._pipeline(

@@ -68,6 +68,11 @@ class InvalidOutput(ImagegenError):
     http_status = 500
 
 
+class Notice(UserWarning):
+    """Something imagegen did other than asked, and why, in one line: a warning, never an error (the CLI prints it
+    as `imagegen: warning: ...`)."""
+
+
 def error_class(name: str | None) -> type[ImagegenError] | None:
     """The error class of this name (a failed job keeps its error's class name); None for anything else (a bug)."""
     classes = [ImagegenError]

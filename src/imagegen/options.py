@@ -31,6 +31,12 @@ MAX_CONTROL_SCALE = 5.0
 MAX_CANNY_THRESHOLD = 1000  # cv2.Canny compares gradient magnitudes, which reach about 1443 for 8-bit images
 DEFAULT_RECIPE = "digits"  # the built-in model: the default works offline on a fresh machine
 DEFAULT_STRENGTH = 0.75  # A1111's default denoising strength for img2img
+# The opt-in speed-ups (`fast`), each changing pixels a little, so each is named in the infotext and replayed.
+# "all" asks for every one that applies to the recipe. imagegen.fast holds their code.
+FAST_METHODS = {
+    "tiny-vae": "decode with the tiny VAE (TAESD for SD 1.5, TAESDXL for SDXL): ~10x faster decoding",
+}
+FAST_ALL = "all"
 
 
 def _scheduler_names() -> Sequence[str]:
@@ -64,6 +70,8 @@ class Option:
     infotext: str | None = None  # the A1111 infotext key it is written under
     a1111: str | None = None  # the field of A1111's txt2img/img2img body that carries it
     openai: str | None = None  # the field of an OpenAI Images request that carries it (our extensions included)
+
+    flag_alone: Any = None  # the value of the CLI flag given without one (argparse's const); None: it needs one
 
     @property
     def cli_flag(self) -> str | None:
@@ -116,6 +124,7 @@ _IMAGES = "image inputs (img2img, inpainting)"
 _CONTROL = "ControlNet recipes"
 _CASCADE = "two-stage recipes (stable-cascade)"
 _VIDEO = "video recipes"
+_SPEED = "speed (opt-in; changes pixels a little, and the infotext records it)"
 
 OPTIONS: dict[str, Option] = {option.name: option for option in (
     Option("prompt", str, "the text prompt; A1111's <lora:NAME:WEIGHT> tags apply LoRAs", flag="",
@@ -178,6 +187,9 @@ OPTIONS: dict[str, Option] = {option.name: option for option in (
            per_recipe=True, stage=True),
     Option("canny_high", int, "Canny high threshold", group=_CONTROL, metavar="T", low=0, high=MAX_CANNY_THRESHOLD,
            per_recipe=True, stage=True),
+    Option("fast", str, f"speed-ups, comma-separated: {'; '.join(f'{name}: {text}' for name, text in FAST_METHODS.items())}"
+           f"; {FAST_ALL} (or the bare flag): every one that applies to the recipe", group=_SPEED, metavar="METHODS",
+           high=200, flag_alone=FAST_ALL, infotext="Fast", openai="fast"),
 )}
 
 STAGE_OPTIONS = tuple(name for name, option in OPTIONS.items() if option.stage)

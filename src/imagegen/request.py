@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import warnings
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from imagegen.errors import InvalidRequest
+from imagegen.errors import InvalidRequest, Notice
 from imagegen.options import (
+    FAST_ALL,
+    FAST_METHODS,
     MAX_SEED,
     MAX_SIDE,
     MIN_SIDE,
@@ -70,6 +73,7 @@ class _RequestRules:
             height=d.height if height is None else height,
             strength=d.strength if self.strength is None and img2img else self.strength,
             output_format=self.output_format or ("mp4" if recipe.video else "png"),
+            fast=_usable_fast(self.fast, recipe),
             **_fill(self, d, *_PLAIN_RECIPE_DEFAULTS),
         )
         filled.validate()
@@ -101,6 +105,7 @@ class _RequestRules:
                                      f"{self.num_inference_steps} x {self.strength:g}; raise --steps or --strength")
         if len(self.loras) > MAX_LORAS:
             raise InvalidRequest(f"at most {MAX_LORAS} LoRAs per request, got {len(self.loras)}")
+        fast_methods(self.fast)
         if self.canny_low is not None and self.canny_high is not None and self.canny_low > self.canny_high:
             raise InvalidRequest(f"canny_low ({self.canny_low}) must not exceed canny_high ({self.canny_high})")
         if self.output_format == "gif" and self.fps is not None and self.fps > MAX_GIF_FPS:
@@ -147,3 +152,28 @@ GenerationRequest = dataclasses.make_dataclass(
     table. The fields, their limits and help are the option table's (imagegen.options.OPTIONS).
     """})
 GenerationRequest.__module__ = __name__
+
+
+def fast_methods(value: str | None) -> tuple[str, ...]:
+    """The methods a `fast` value names, in the table's order ("all": every one); raises on an unknown name."""
+    if value is None:
+        return ()
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in FAST_METHODS and name != FAST_ALL] or ([] if names else [""])
+    if unknown:
+        raise InvalidRequest(f"unknown fast method {unknown[0]!r}; choose from {', '.join(FAST_METHODS)}, "
+                             f"or {FAST_ALL}")
+    return tuple(name for name in FAST_METHODS if FAST_ALL in names or name in names)
+
+
+def _usable_fast(value: str | None, recipe: Recipe) -> str | None:
+    """The methods of `value` that apply to the recipe, as the infotext records them. A named method that does not
+    apply is left out with a Notice, never an error: the image is still made, at the usual speed."""
+    asked = fast_methods(value)
+    usable = [name for name in asked if name in recipe.fast_methods]
+    skipped = [name for name in asked if name not in usable]
+    named = value is not None and FAST_ALL not in (name.strip() for name in value.split(","))
+    if skipped and (named or not usable):
+        warnings.warn(f"--fast {', '.join(skipped)}: does not apply to recipe {recipe.name}; ignored", Notice,
+                      stacklevel=3)
+    return ",".join(usable) or None

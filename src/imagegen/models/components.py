@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagegen.models.config_repairs import config_overrides
 from imagegen.errors import ModelNotFound, UnsafeWeights
+from imagegen.models.config_repairs import config_overrides
 from imagegen.models.sources import LocalModel, ModelRef, check_weights_file, locate
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")

@@ -15,11 +15,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from imagegen.errors import Notice
+
 # class name -> pairs of names that mean the same argument in different diffusers versions
 _RENAMED_ARGUMENTS = {"StableCascadeUNet": (("c_in", "in_channels"), ("c_out", "out_channels"))}
 
 
-class ConfigRepaired(UserWarning):
+class ConfigRepaired(Notice):
     """A component was loaded with a known-bad config entry repaired."""
 
 

@@ -133,6 +133,7 @@ class Recipe:
     one_seed_per_call: bool = False  # batch members would influence each other (SVD)
     batches_prompts: bool = False  # its pipeline takes a list of prompts: a server may batch requests
     takes_loras: bool = False
+    tiny_vae: ModelRef | None = None  # the TAESD-family VAE that `--fast tiny-vae` decodes with
     scheduler_choice: bool = True  # --scheduler may replace the (first) scheduler
     scheduler_slots: tuple[str, ...] = ("scheduler",)  # the pipeline's schedulers, one per denoising stage
     gpu_dtype: str = "float16"
@@ -140,6 +141,11 @@ class Recipe:
     gpu_offload: str = "none"  # what --offload auto means on a GPU
     allowed_steps: tuple[int, ...] | None = None  # distilled UNets exist for these step counts only
     cache_key: Callable[[GenerationRequest], object] = field(default=lambda request: None)
+
+    @property
+    def fast_methods(self) -> tuple[str, ...]:
+        """The `--fast` methods (options.FAST_METHODS) that apply to this recipe."""
+        return ("tiny-vae",) if self.tiny_vae else ()
 
     @property
     def control(self) -> bool:

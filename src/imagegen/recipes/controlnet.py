@@ -16,7 +16,7 @@ from imagegen.recipes.base import (
     Recipe,
     text_to_image_arguments,
 )
-from imagegen.recipes.sdxl import SDXL_BASE
+from imagegen.recipes.sdxl import SDXL_BASE, TAESDXL
 from imagegen.request import GenerationRequest
 
 CONTROLNET_CANNY_SDXL = ModelRef("diffusers/controlnet-canny-sdxl-1.0", "AI-ModelScope/controlnet-canny-sdxl-1.0",
@@ -45,6 +45,7 @@ def _arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
 
 
 SDXL_CONTROLNET_CANNY = Recipe(
+    tiny_vae=TAESDXL,
     name="sdxl-controlnet-canny",
     summary="SDXL base + Canny ControlNet (OpenCV edges 100/200), fp16-fix VAE, CPU offload on GPU",
     models={"base": SDXL_BASE, "controlnet": CONTROLNET_CANNY_SDXL, "vae": SDXL_VAE_FP16_FIX},

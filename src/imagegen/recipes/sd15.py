@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from imagegen.models.sources import ModelRef
+from imagegen.models.sources import ModelRef, RepoKind
 from imagegen.recipes.base import BuildContext, Defaults, Recipe
 
 SD15 = ModelRef("stable-diffusion-v1-5/stable-diffusion-v1-5", "AI-ModelScope/stable-diffusion-v1-5")
+TAESD = ModelRef("madebyollin/taesd", kind=RepoKind.MODEL)  # SD 1.5's latent space, for --fast tiny-vae
 
 
 def _without_safety_checker(ctx: BuildContext) -> Any:
@@ -20,6 +21,7 @@ def _without_safety_checker(ctx: BuildContext) -> Any:
 
 
 SD15_RECIPE = Recipe(
+    tiny_vae=TAESD,
     name="sd15",
     summary="Stable Diffusion 1.5 or a fine-tune of it (folder, hub id[/subfolder] or civitai .safetensors), LoRAs",
     models={"base": SD15},

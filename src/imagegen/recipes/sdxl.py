@@ -16,6 +16,8 @@ LCM_SDXL_UNET = ModelRef("latent-consistency/lcm-sdxl", "AI-ModelScope/lcm-sdxl"
 SDXL_LIGHTNING = ModelRef("ByteDance/SDXL-Lightning", "AI-ModelScope/SDXL-Lightning", RepoKind.FILES,
                           file_pattern="sdxl_lightning_{steps}step_unet.safetensors")
 LIGHTNING_STEPS = (1, 2, 4, 8)
+# Ollin Boer Bohan's TAESDXL (MIT): SDXL's latent space, decoded by a 2.4 M-parameter AutoencoderTiny (--fast tiny-vae).
+TAESDXL = ModelRef("madebyollin/taesdxl", kind=RepoKind.MODEL)
 
 
 def _whole_pipeline(ctx: BuildContext) -> Any:
@@ -43,6 +45,7 @@ def _lightning(ctx: BuildContext) -> Any:
 
 
 SDXL = Recipe(
+    tiny_vae=TAESDXL,
     name="sdxl",
     summary="SDXL base 1.0, plain text-to-image",
     models={"base": SDXL_BASE},
@@ -55,6 +58,7 @@ SDXL = Recipe(
 )
 
 SDXL_TURBO_RECIPE = Recipe(
+    tiny_vae=TAESDXL,
     name="sdxl-turbo",
     summary="SDXL-Turbo: adversarial diffusion distillation, 1 step",
     models={"base": SDXL_TURBO},
@@ -68,6 +72,7 @@ SDXL_TURBO_RECIPE = Recipe(
 )
 
 LCM_SDXL = Recipe(
+    tiny_vae=TAESDXL,
     name="lcm-sdxl",
     summary="Latent Consistency Model UNet on SDXL base, LCMScheduler, 4 steps",
     models={"base": SDXL_BASE, "unet": LCM_SDXL_UNET},
@@ -79,6 +84,7 @@ LCM_SDXL = Recipe(
 )
 
 SDXL_LIGHTNING_RECIPE = Recipe(
+    tiny_vae=TAESDXL,
     name="sdxl-lightning",
     summary="SDXL-Lightning N-step UNet on SDXL base, Euler with trailing timesteps",
     models={"base": SDXL_BASE, "unet": SDXL_LIGHTNING},
