@@ -282,6 +282,8 @@ def _add_pull_parser(commands: argparse._SubParsersAction) -> None:
     pull.add_argument("--steps", type=int, metavar="N",
                       help="step-distilled recipes (sdxl-lightning...): the file for N steps (default: the recipe's)")
     pull.add_argument("--device", choices=DEVICES, default="auto", help="the device to download for (auto: this one)")
+    pull.add_argument("--fast", action="store_true",
+                      help="also the models that `generate --fast` loads (the tiny VAE of the SD 1.5 and SDXL recipes)")
     pull.add_argument("--dtype", choices=DTYPES, default="auto",
                       help="the precision to download for (auto: the one the device runs the recipe in)")
     pull.set_defaults(run=_pull)
@@ -300,7 +302,7 @@ def _pull(args: argparse.Namespace) -> int:
         raise InvalidRequest(f"--steps: recipe {recipe.name} has files for {', '.join(map(str, recipe.allowed_steps))} "
                              f"steps only, got {steps}")
     engine = Engine(EngineOptions(device=args.device, dtype=args.dtype))
-    models = needed_models(recipe, functools.partial(engine.precision, recipe), steps)
+    models = needed_models(recipe, functools.partial(engine.precision, recipe), steps, fast=args.fast)
     if not models:
         print(f"recipe {recipe.name} ships with imagegen: nothing to pull")
         return 0

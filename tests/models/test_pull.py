@@ -277,3 +277,13 @@ def test_pull_of_the_built_in_recipe_has_nothing_to_do(hub, tmp_path) -> None:
     result = imagegen("pull", "digits", env=online(hub, tmp_path / "cache"))
     assert result.returncode == 0 and result.stdout == "recipe digits ships with imagegen: nothing to pull\n"
     assert hub.requests == []
+
+
+def test_pull_with_fast_also_fetches_the_tiny_vae(hf_cache, taesd_models, hub, tmp_path) -> None:
+    from tiny_taesd import TAESDXL
+
+    cache = tmp_path / "cache"
+    result = imagegen("pull", "sdxl-turbo", "--device", "cpu", "--fast", env=online(hub, cache))
+    assert result.returncode == 0, result.stderr
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == [SDXL_TURBO, TAESDXL, "total"]
+    assert weights(snapshot_path(cache, TAESDXL)) == ["diffusion_pytorch_model.safetensors"]

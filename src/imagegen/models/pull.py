@@ -50,10 +50,14 @@ class PulledModel:
     folder: Path
 
 
-def needed_models(recipe: Recipe, precision: PrecisionFn, steps: int) -> list[NeededModel]:
-    """The hub models `recipe` loads at `steps` steps; its local models (the built-in digits) need no download."""
+def needed_models(recipe: Recipe, precision: PrecisionFn, steps: int, *, fast: bool = False) -> list[NeededModel]:
+    """The hub models `recipe` loads at `steps` steps, and with `fast` those its --fast methods load too (the tiny
+    VAE, in the base model's precision); its local models (the built-in digits) need no download."""
+    models = dict(recipe.models)
+    if fast and recipe.tiny_vae:
+        models["tiny_vae"] = recipe.tiny_vae
     return [NeededModel(role, model, model.file_for(steps), precision(role).variant)
-            for role, model in recipe.models.items() if isinstance(model, ModelRef)]
+            for role, model in models.items() if isinstance(model, ModelRef)]
 
 
 def is_ready(recipe: Recipe, precision: PrecisionFn) -> bool:
