@@ -19,9 +19,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from imagegen.errors import Cancelled, InvalidOutput, InvalidRequest, ModelNotFound
+from imagegen.errors import (
+    Cancelled,
+    InvalidOutput,
+    InvalidRequest,
+    ModelNotFound,
+    Notice,
+)
 from imagegen.models.components import ComponentStore, Precision
-from imagegen.models.devices import pick_device, pick_dtype
+from imagegen.models.devices import cpu_has_bf16, pick_device, pick_dtype
 from imagegen.models.loras import LoraLibrary
 from imagegen.models.loras import applied as applied_loras
 from imagegen.models.pull import is_ready
@@ -95,7 +101,7 @@ class Engine:
         from imagegen.parameters import infotext_for
 
         recipe = get_recipe(requests[0].recipe)
-        resolved = [request.resolve(recipe) for request in requests]
+        resolved = [self.usable_fast(request.resolve(recipe)) for request in requests]
         if len(resolved) > 1 and (len({self.batch_key(request) for request in resolved}) != 1
                                   or self.batch_key(resolved[0]) is None):
             raise InvalidRequest("these requests differ in more than prompt, seed and count: run them one by one")
@@ -150,14 +156,31 @@ class Engine:
             return GeneratedVideo(list(output), seed, infotext, request)
         return GeneratedImage(recipe.postprocess(output, request), seed, infotext, request)
 
+    def usable_fast(self, request: GenerationRequest) -> GenerationRequest:
+        """The resolved request without the --fast methods this engine's device cannot use, each left out with a
+        Notice: bf16 needs a CPU with bf16 instructions and the automatic dtype (a GPU already runs in half)."""
+        methods = fast_methods(request.fast)
+        if "bf16" not in methods:
+            return request
+        reason = ("--dtype is given" if self.options.dtype != "auto" else None if self.device == "cpu" and
+                  cpu_has_bf16() else f"{self.device} already runs in half precision" if self.device != "cpu" else
+                  "this CPU has no bf16 instructions (AVX512-BF16 or AMX)")
+        if reason is None:
+            return request
+        warnings.warn(f"--fast bf16: {reason}; ignored", Notice, stacklevel=3)
+        return replace(request, fast=",".join(name for name in methods if name != "bf16") or None)
+
     def is_ready(self, recipe: Recipe) -> bool:
         """Whether every file `recipe` loads in this engine's precision is on disk: it runs offline, and
         `imagegen pull` would fetch nothing."""
         return is_ready(recipe, functools.partial(self.precision, recipe))
 
-    def precision(self, recipe: Recipe, role: str = "base") -> Precision:
-        """Where and in which dtype the recipe's `role` model runs; on a GPU, offloaded as the recipe asks."""
+    def precision(self, recipe: Recipe, role: str = "base", fast: str | None = None) -> Precision:
+        """Where and in which dtype the recipe's `role` model runs; on a GPU, offloaded as the recipe asks. A request
+        with `--fast bf16` (kept by `usable_fast` only on a CPU with bf16 instructions) runs in bfloat16."""
         dtype = pick_dtype(self.device, self.options.dtype, recipe.role_gpu_dtypes.get(role, recipe.gpu_dtype))
+        if "bf16" in fast_methods(fast):
+            dtype = "bfloat16"
         offload = self.options.offload
         if offload == "auto":
             offload = "none" if self.device.startswith(("cpu", "mps")) else recipe.gpu_offload
@@ -171,14 +194,15 @@ class Engine:
         img2img and inpainting pipelines are diffusers' AutoPipeline forms of the recipe's text-to-image
         pipeline, made with from_pipe: they reference the same loaded modules, no second copy.
         """
-        precision = self.precision(recipe)
+        precision = self.precision(recipe, fast=request.fast)
         task = request.task if recipe.image_inputs else "txt2img"  # image-conditioned pipelines take it as is
         key = (recipe.name, request.model, recipe.cache_key(request), precision, task, request.fast)
         if key in self._pipelines:
             self._pipelines.move_to_end(key)
             return self._pipelines[key]
         if task == "txt2img":
-            pipe = recipe.build(_Context(self.store, recipe, request, functools.partial(self.precision, recipe)))
+            pipe = recipe.build(_Context(self.store, recipe, request,
+                                         functools.partial(self.precision, recipe, fast=request.fast)))
             if request.fast:  # opt-in: the default path never imports imagegen.fast
                 from imagegen.fast import speed_up
 

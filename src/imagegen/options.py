@@ -35,6 +35,7 @@ DEFAULT_STRENGTH = 0.75  # A1111's default denoising strength for img2img
 # "all" asks for every one that applies to the recipe. imagegen.fast holds their code.
 FAST_METHODS = {
     "tiny-vae": "decode with the tiny VAE (TAESD for SD 1.5, TAESDXL for SDXL): ~10x faster decoding",
+    "bf16": "run in bfloat16 on a CPU with bf16 instructions (AVX512-BF16 or AMX), as a GPU runs in half precision",
 }
 FAST_ALL = "all"
 

@@ -144,8 +144,9 @@ class Recipe:
 
     @property
     def fast_methods(self) -> tuple[str, ...]:
-        """The `--fast` methods (options.FAST_METHODS) that apply to this recipe."""
-        return ("tiny-vae",) if self.tiny_vae else ()
+        """The `--fast` methods (options.FAST_METHODS) that apply to this recipe (bf16: those that run in half
+        precision on a GPU; the engine also checks the device)."""
+        return ("tiny-vae",) * bool(self.tiny_vae) + ("bf16",) * (self.gpu_dtype != "float32")
 
     @property
     def control(self) -> bool:
