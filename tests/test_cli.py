@@ -264,3 +264,17 @@ def test_bare_fast_means_every_method_that_applies(sdxl_models, taesd_models, tm
     assert main(["generate", "7", "--fast", "-q", "-o", str(tmp_path / "seven.png")]) == 0
     assert "imagegen: warning: --fast tiny-vae, bf16: does not apply to recipe digits; ignored" in \
         capsys.readouterr().err
+
+
+def test_preview_file_is_rewritten_and_the_result_is_the_same(sdxl_models, tmp_path, capsys) -> None:
+    from imagegen.cli import main
+
+    assert main(["generate", "a fox", *FAST, "-q", "-o", str(tmp_path / "plain.png")]) == 0
+    assert main(["generate", "a fox", *FAST, "-q", "-o", str(tmp_path / "fox.png"), "--preview",
+                 str(tmp_path / "live.jpg")]) == 0
+    assert Image.open(tmp_path / "live.jpg").format == "JPEG"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["fox.png", "live.jpg", "plain.png"]  # no leftovers
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "fox.png")),
+                                  np.asarray(Image.open(tmp_path / "plain.png")))
+    assert main(["generate", "a fox", *FAST, "--preview", str(tmp_path / "live.gif")]) == 2
+    assert "--preview: name a .png, .jpg, .jpeg, .webp file" in capsys.readouterr().err

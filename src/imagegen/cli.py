@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -10,7 +12,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from imagegen.errors import ImagegenError, InvalidRequest, Notice
+from imagegen.errors import ImagegenError, InvalidRequest, Notice, OutputError
 from imagegen.options import OPTIONS, Option
 from imagegen.outputs.formats import (
     IMAGE_SUFFIXES,
@@ -36,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", nargs="?", help=f"{OPTIONS['prompt'].help} (may be left out with --from)")
     add_request_options(gen)
     gen.add_argument("--save-control", action="store_true", help="also save the control (edge) image beside the result")
+    gen.add_argument("--preview", type=Path, metavar="FILE",
+                     help="keep FILE (.png, .jpg, .webp) rewritten with a live preview of the first image while it "
+                          "denoises (latent recipes); the result is the same with or without it")
     gen.add_argument("-o", "--output", type=Path, help="output file, or folder (default ./outputs)")
     gen.add_argument("--from", dest="from_image", type=Path,
                      help="start from the parameters stored in this image; other options override them")
@@ -182,6 +187,8 @@ def _generate(args: argparse.Namespace) -> int:
     request = request.resolve(recipe)  # every check, the recipe's prompt check included, before anything loads
     if args.grid and recipe.video:
         raise InvalidRequest("--grid tiles images; a video recipe writes videos")
+    if args.preview is not None and args.preview.suffix.lower() not in IMAGE_SUFFIXES:
+        raise InvalidRequest(f"--preview: name a {', '.join(IMAGE_SUFFIXES)} file, not {args.preview}")
     if args.save_control and not recipe.control:
         raise InvalidRequest(f"--save-control: recipe {recipe.name} has no control image")
     target = args.output or settings.default_output_dir()
@@ -190,7 +197,8 @@ def _generate(args: argparse.Namespace) -> int:
                                   vae_tiling=args.vae_tiling, vae_slicing=args.vae_slicing,
                                   allow_pickle=args.allow_pickle))
     with _ProgressBar(enabled=not args.quiet) as bar:
-        images = engine.generate(request, on_step=bar.update)  # or videos
+        on_preview = None if args.preview is None else functools.partial(_write_preview, args.preview)
+        images = engine.generate(request, on_step=bar.update, on_preview=on_preview)  # or videos
     paths = output_paths(target, len(images),
                          images[0].request.output_format, [image.seed for image in images])
     for image, path in zip(images, paths):
@@ -290,7 +298,6 @@ def _add_pull_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    import functools
 
     from imagegen.engine import Engine, EngineOptions
     from imagegen.models.pull import needed_models, pull
@@ -372,6 +379,16 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
 
 _PYTHON_SHOW_WARNING = warnings.showwarning
+
+
+def _write_preview(path: Path, step: int, steps: int, image: Any) -> None:
+    """Replace `path` at once (write beside it, then rename), so that a viewer never reads half a file."""
+    partial = path.with_name(f".{path.name}.partial{path.suffix}")
+    try:
+        image.save(partial)
+        os.replace(partial, path)
+    except OSError as error:
+        raise OutputError(f"--preview: cannot write {path}: {error.strerror or error}") from None
 
 
 class _ProgressBar:

@@ -11,7 +11,9 @@ import functools
 import inspect
 import math
 import threading
+import time
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,6 +42,8 @@ from imagegen.request import GenerationRequest, fast_methods
 
 OFFLOAD_MODES = ("auto", "none", "model", "sequential")
 ProgressFn = Callable[[int, int], None]
+PreviewFn = Callable[[int, int, Any], None]  # (step, steps, PIL image): a live preview of the first image
+PREVIEW_INTERVAL_S = 0.25  # at most a few previews per second of wall time: each costs a small decode
 
 
 @dataclass(frozen=True)
@@ -71,15 +75,18 @@ class Engine:
         self.store = ComponentStore(allow_pickle=options.allow_pickle)
         self.loras = LoraLibrary(names_only=options.lora_names_only)
         self._pipelines: OrderedDict[tuple, tuple[Any, Any]] = OrderedDict()
+        self._previewers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
     def generate(self, request: GenerationRequest, *, on_step: ProgressFn | None = None,
-                 cancel: threading.Event | None = None) -> list[GeneratedImage] | list[GeneratedVideo]:
-        """Run one request; `on_step(i, n)` after each denoising step; `cancel` set stops before the next.
+                 cancel: threading.Event | None = None,
+                 on_preview: PreviewFn | None = None) -> list[GeneratedImage] | list[GeneratedVideo]:
+        """Run one request; `on_step(i, n)` after each denoising step; `cancel` set stops before the next;
+        `on_preview(i, n, image)` a few times a second with a preview of the first image (latent recipes only).
 
         Image recipes give one GeneratedImage per image, video recipes one GeneratedVideo per video.
         """
-        return self.generate_many([request], on_step=on_step, cancel=cancel)[0]
+        return self.generate_many([request], on_step=on_step, cancel=cancel, on_preview=on_preview)[0]
 
     @staticmethod
     def batch_key(request: GenerationRequest) -> GenerationRequest | None:
@@ -92,7 +99,8 @@ class Engine:
         return replace(request, prompt="", seed=0, num_images=1)
 
     def generate_many(self, requests: list[GenerationRequest], *, on_step: ProgressFn | None = None,
-                      cancel: threading.Event | None = None) -> list[list[GeneratedImage] | list[GeneratedVideo]]:
+                      cancel: threading.Event | None = None, on_preview: PreviewFn | None = None,
+                      ) -> list[list[GeneratedImage] | list[GeneratedVideo]]:
         """Run requests of equal `batch_key` in one pipeline call (each image keeps its own seed), a server's
         throughput trick; the results, per request, are those of running each alone (up to the CPU's batch-size
         dependent rounding, at most one level)."""
@@ -122,7 +130,8 @@ class Engine:
             # and the built-in recipe stays on its diffusers-free path.
             if first.scheduler and get_scheduler_choice(first.scheduler) != describe(recipe_schedulers[main_slot]):
                 schedulers[main_slot] = make_scheduler(first.scheduler, recipe_schedulers[main_slot].config)
-            progress = _Progress(recipe.total_steps(first) * len(calls), on_step, cancel)
+            progress = _Progress(recipe.total_steps(first) * len(calls), on_step, cancel,
+                                 self._previewer(pipe) if on_preview else None, on_preview)
             for slot, scheduler in schedulers.items():
                 progress.observe(scheduler)
                 _set_attribute(pipe, slot, scheduler)
@@ -155,6 +164,17 @@ class Engine:
         if recipe.video:
             return GeneratedVideo(list(output), seed, infotext, request)
         return GeneratedImage(recipe.postprocess(output, request), seed, infotext, request)
+
+    def _previewer(self, pipe: Any) -> Any:
+        """The pipeline VAE's previewer, kept while the VAE lives (fitting its colour map costs one small encode)."""
+        vae = getattr(pipe, "vae", None)
+        if vae is None:
+            return None
+        from imagegen.pipelines.previews import LatentPreviewer
+
+        if vae not in self._previewers:
+            self._previewers[vae] = LatentPreviewer(vae)
+        return self._previewers[vae]
 
     def usable_fast(self, request: GenerationRequest) -> GenerationRequest:
         """The resolved request without the --fast methods this engine's device cannot use, each left out with a
@@ -264,9 +284,12 @@ class _Progress:
     (Heun) calls step() twice per step, so each call counts 1/order of a step.
     """
 
-    def __init__(self, total: int, on_step: ProgressFn | None, cancel: threading.Event | None) -> None:
+    def __init__(self, total: int, on_step: ProgressFn | None, cancel: threading.Event | None,
+                 previewer: Any = None, on_preview: PreviewFn | None = None) -> None:
         self.total, self.on_step, self.cancel = total, on_step, cancel
+        self.previewer, self.on_preview = previewer, on_preview
         self.done = 0.0
+        self._last_preview = 0.0
 
     def observe(self, scheduler: Any) -> None:
         step = scheduler.step
@@ -279,11 +302,29 @@ class _Progress:
             self.done += share
             if self.on_step is not None:
                 self.on_step(min(math.ceil(self.done - 1e-9), self.total), self.total)
+            self._preview(result)
             if self.cancel is not None and self.cancel.is_set():
                 raise Cancelled("generation was cancelled")
             return result
 
         scheduler.step = observed_step
+
+    def _preview(self, result: Any) -> None:
+        """Preview the step's prediction of the final latents (x0 where the scheduler gives it), at most every
+        PREVIEW_INTERVAL_S and after the last step."""
+        if self.on_preview is None or self.previewer is None:
+            return
+        now = time.monotonic()
+        last = self.done >= self.total - 1e-9
+        if now - self._last_preview < PREVIEW_INTERVAL_S and not last:
+            return
+        outputs = result if isinstance(result, tuple) else (getattr(result, "prev_sample", None),
+                                                            getattr(result, "pred_original_sample", None))
+        latents = next((tensor for tensor in reversed(outputs[:2]) if tensor is not None), None)
+        if self.previewer.accepts(latents):
+            self._last_preview = now
+            step = min(math.ceil(self.done - 1e-9), self.total)
+            self.on_preview(step, self.total, self.previewer.image(latents))
 
 
 def _get_attribute(pipe: Any, path: str) -> Any:
