@@ -136,6 +136,8 @@ def test_the_page_marks_missing_models_and_shows_refusals_as_errors(server, brow
         ready = {recipe["name"]: recipe["ready"] for recipe in client.get("/v1/recipes").json()}
     page = browser.new_page()
     page.set_default_timeout(20_000)
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(server.url)
     page.get_by_label("API key").fill(server.api_key)
     page.get_by_role("button", name="Use key").click()
@@ -159,6 +161,23 @@ def test_the_page_marks_missing_models_and_shows_refusals_as_errors(server, brow
     seen = page.evaluate("window.statusSeen")
     assert not [text for text, _ in seen if text.startswith("Step 0 of")], seen
     assert all(error for text, error in seen if "banana" in text), seen
+
+    # A latent recipe shows live previews above the result while it runs, then only the result.
+    page.evaluate("""() => {
+        const preview = document.getElementById("preview");
+        window.previewSources = [];
+        new MutationObserver(() => { if (preview.src) window.previewSources.push(preview.src); })
+            .observe(preview, {attributes: true, attributeFilter: ["src"]});
+    }""")
+    page.get_by_label("Recipe").select_option("sd15")
+    for field, value in (("Width", "64"), ("Height", "64"), ("Steps", "120"), ("Prompt", "a lighthouse")):
+        page.get_by_label(field, exact=True).fill(value)
+    page.get_by_role("button", name="Generate").click()
+    expect(status).to_contain_text("of 120")  # this job's steps, not the last job's "Done"
+    expect(status).to_have_text("Done", timeout=60_000)
+    assert page.evaluate("window.previewSources.every((source) => source.startsWith('blob:'))")
+    assert page.evaluate("window.previewSources.length") > 0, (page.evaluate("window.statusSeen")[-5:], errors)
+    expect(page.locator("#preview")).to_be_hidden()
 
 
 def test_the_icon_is_served_where_browsers_ask_for_it(server) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 PREVIEW_SIDE = 256  # the longer side of a preview image, in pixels
-_PATCHES = 24  # colour patches the linear map is fitted on
-_PATCH_SIDE = 64
+_PATCHES = 12  # colour patches the linear map is fitted on (4x4 latent pixels each: 192 samples, 5 unknowns)
+_PATCH_SIDE = 32
 
 
 class LatentPreviewer:

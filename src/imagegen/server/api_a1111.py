@@ -346,8 +346,9 @@ def _progress(service: Service) -> dict[str, Any]:
     state = {"skipped": False, "interrupted": live.cancel.is_set(), "stopping_generation": False, "job": job.id,
              "job_count": len(running), "job_timestamp": _timestamp(job.started or job.created), "job_no": 0,
              "sampling_step": live.done, "sampling_steps": live.total}
-    return {"progress": min(fraction, 1.0), "eta_relative": eta_relative, "state": state, "current_image": None,
-            "textinfo": None}
+    preview = service.preview(job)  # A1111's current_image: base64 of the latest preview, no data: prefix
+    return {"progress": min(fraction, 1.0), "eta_relative": eta_relative, "state": state,
+            "current_image": preview[1] if preview else None, "textinfo": None}
 
 
 def _timestamp(seconds: float) -> str:

@@ -159,9 +159,11 @@ def job_view(service: Service, job: Job) -> dict[str, Any]:
 
 
 async def _event_stream(service: Service, job_id: str):  # noqa: ANN202 - an async generator of SSE lines
-    """queued (with position) -> step i of n -> done | failed | cancelled, each sent when it changes; or, when the
-    server stops with the job queued, "stopping" (the job stays queued and runs after the restart)."""
+    """queued (with position) -> step i of n, with a `preview` event (step, base64 JPEG) whenever a new preview is
+    made -> done | failed | cancelled, each sent when it changes; or, when the server stops with the job queued,
+    "stopping" (the job stays queued and runs after the restart)."""
     last = None
+    last_preview = None
     while True:
         job = service.store.get(job_id)
         view = job_view(service, job)
@@ -173,6 +175,10 @@ async def _event_stream(service: Service, job_id: str):  # noqa: ANN202 - an asy
         if event != last:
             yield f"event: {event[0]}\ndata: {json.dumps(event[1])}\n\n"
             last = event
+        preview = service.preview(job) if job.state == "running" else None
+        if preview is not None and preview != last_preview:
+            yield f"event: preview\ndata: {json.dumps({'step': preview[0], 'jpeg': preview[1]})}\n\n"
+            last_preview = preview
         if job.state in FINISHED:
             return
         await asyncio.sleep(0.1)

@@ -101,6 +101,13 @@ class Service:
     def submit(self, request: GenerationRequest) -> Job:
         return self.store.add(request)
 
+    def preview(self, job: Job) -> tuple[int, str] | None:
+        """(step, base64 JPEG) of the running job's latest live preview; None before the first or when not running."""
+        live = self.worker.running.get(job.id)
+        if live is None or live.preview is None:
+            return None
+        return live.preview_step, base64.b64encode(live.preview).decode()
+
     def progress(self, job: Job) -> dict[str, Any]:
         live = self.worker.running.get(job.id)
         return {"done": live.done, "total": live.total} if live else \

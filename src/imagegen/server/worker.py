@@ -10,6 +10,7 @@ running call finish within a grace period, else interrupts it and puts its jobs 
 from __future__ import annotations
 
 import gc
+import io
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from imagegen.server.jobs import Job, JobStore
 from imagegen.server.metrics import Metrics
 
 log = logging.getLogger("imagegen.server")
+PREVIEW_JPEG_QUALITY = 80  # previews are glimpses: a few kB each, sent a few times a second
 
 
 @dataclass
@@ -33,6 +35,8 @@ class Progress:
     done: int = 0
     total: int = 0
     cancel: threading.Event = field(default_factory=threading.Event)
+    preview: bytes | None = None  # a JPEG of the image as the latest preview predicts it (the batch's first job)
+    preview_step: int = 0
 
 
 class Worker(threading.Thread):
@@ -161,10 +165,16 @@ class Worker(threading.Thread):
             if self._past_deadline():
                 interrupt.set()
 
+        def on_preview(done: int, total: int, image: Any) -> None:
+            encoded = io.BytesIO()
+            image.save(encoded, format="JPEG", quality=PREVIEW_JPEG_QUALITY)
+            live[0].preview, live[0].preview_step = encoded.getvalue(), done
+
         try:
             if interrupt.is_set():
                 raise Cancelled("interrupted before it started")
-            results = self.engine.generate_many([job.request for job in group], on_step=on_step, cancel=interrupt)
+            results = self.engine.generate_many([job.request for job in group], on_step=on_step, cancel=interrupt,
+                                                on_preview=on_preview)
         except Cancelled:
             for job, progress in zip(group, live):
                 if progress.cancel.is_set():

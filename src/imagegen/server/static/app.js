@@ -64,6 +64,22 @@ function showError(error) {
   setStatus(error.message, {error: true});
 }
 
+// The live preview: a blob: URL (the page's policy allows no data: images), replaced as new ones arrive.
+function showPreview(base64) {
+  const bytes = Uint8Array.from(atob(base64), (character) => character.charCodeAt(0));
+  const preview = $("preview");
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.src = URL.createObjectURL(new Blob([bytes], {type: "image/jpeg"}));
+  preview.hidden = false;
+}
+
+function hidePreview() {
+  const preview = $("preview");
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.removeAttribute("src");
+  preview.hidden = true;
+}
+
 function setProgress(done, total) {
   $("progress").max = Math.max(total, 1);
   $("progress").value = Math.min(done, Math.max(total, 1));
@@ -97,6 +113,7 @@ async function follow(jobId) {
   const current = {id: jobId, abort: new AbortController()};
   following = current;
   $("cancel").hidden = false;
+  hidePreview();
   try {
     const response = await api(`/v1/jobs/${encodeURIComponent(jobId)}/events`, {signal: current.abort.signal});
     for await (const {name, data} of serverEvents(response)) {
@@ -109,6 +126,8 @@ async function follow(jobId) {
       } else if (name === "progress") {
         setProgress(data.done, data.total);
         setStatus(`Step ${data.done} of ${data.total}`);
+      } else if (name === "preview") {
+        showPreview(data.jpeg);
       } else if (name === "done") {
         setProgress(1, 1);
         setStatus("Done");
@@ -123,6 +142,7 @@ async function follow(jobId) {
     if (error.name !== "AbortError") showError(error);
   } finally {
     if (following === current) {
+      hidePreview();  // the result (or the reason there is none) replaces it
       following = null;
       $("cancel").hidden = true;
     }
