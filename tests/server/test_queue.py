@@ -202,7 +202,7 @@ class ScriptedEngine:
         return request.recipe
 
     def generate_many(self, requests: list[GenerationRequest], *, on_step: Callable[[int, int], None],
-                      cancel: threading.Event) -> list[list[ScriptedOutput]]:
+                      cancel: threading.Event, on_preview: object = None) -> list[list[ScriptedOutput]]:
         self.calls.append([request.prompt for request in requests])
         for step in range(1, self.steps + 1):
             time.sleep(self.step_s)
