@@ -39,6 +39,7 @@ Results go to benchmarks/results/speed_<device>.json with the machine's descript
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -346,6 +347,8 @@ def make_cases(workload: Workload, device: str) -> tuple[list[Case], list[str]]:
     for fast in fasts:
         key, name = ("b", "imagegen") if fast is None else ("d", "all") if fast == "all" else ("c", fast)
         cases.append(engine_case(engine, workload, key, name, fast))
+    if workload.recipe != "digits":  # the latent recipes preview; the built-in pixel-space model does not
+        cases.append(engine_case(engine, workload, "p", "previews", None, previews=True))
     return cases, skipped
 
 
@@ -361,16 +364,23 @@ def fast_methods(recipe_name: str) -> tuple[list[str], str | None]:
     return [name for name in FAST_METHODS if name in applies], None
 
 
-def engine_case(engine: Any, workload: Workload, key: str, name: str, fast: str | None) -> Case:
+def engine_case(engine: Any, workload: Workload, key: str, name: str, fast: str | None, *,
+                previews: bool = False) -> Case:
+    """imagegen's engine; with `previews`, live previews at the engine's default rate, each encoded as the server
+    sends it (a JPEG), so that their cost shows against b."""
     from imagegen.request import GenerationRequest
 
     prompt = DIGIT if workload.recipe == "digits" else PROMPT
     options = {"fast": fast} if fast else {}
 
+    def encode(step: int, steps: int, image: Any) -> None:
+        image.save(io.BytesIO(), format="JPEG", quality=80)
+
     def run(seed: int) -> tuple[Any, Any]:
         [result] = engine.generate(GenerationRequest(prompt=prompt, recipe=workload.recipe, seed=seed,
                                                      width=workload.side, height=workload.side,
-                                                     num_inference_steps=workload.steps, **options))
+                                                     num_inference_steps=workload.steps, **options),
+                                   on_preview=encode if previews else None)
         return result.image, next(reversed(engine._pipelines.values()))[0]  # the pipeline this call used
 
     return Case(key, name, fast, run)

@@ -266,9 +266,10 @@ def test_bare_fast_means_every_method_that_applies(sdxl_models, taesd_models, tm
         capsys.readouterr().err
 
 
-def test_preview_file_is_rewritten_and_the_result_is_the_same(sdxl_models, tmp_path, capsys) -> None:
+def test_preview_file_is_rewritten_and_the_result_is_the_same(sdxl_models, tmp_path, capsys, monkeypatch) -> None:
     from imagegen.cli import main
 
+    monkeypatch.setattr("imagegen.engine.PREVIEW_INTERVAL_S", 0.0)  # a preview at every step, even this quick one
     assert main(["generate", "a fox", *FAST, "-q", "-o", str(tmp_path / "plain.png")]) == 0
     assert main(["generate", "a fox", *FAST, "-q", "-o", str(tmp_path / "fox.png"), "--preview",
                  str(tmp_path / "live.jpg")]) == 0

@@ -289,7 +289,7 @@ class _Progress:
         self.total, self.on_step, self.cancel = total, on_step, cancel
         self.previewer, self.on_preview = previewer, on_preview
         self.done = 0.0
-        self._last_preview = 0.0
+        self._last_preview = time.monotonic()  # the first one after PREVIEW_INTERVAL_S: a quick call makes none
 
     def observe(self, scheduler: Any) -> None:
         step = scheduler.step
@@ -311,12 +311,11 @@ class _Progress:
 
     def _preview(self, result: Any) -> None:
         """Preview the step's prediction of the final latents (x0 where the scheduler gives it), at most every
-        PREVIEW_INTERVAL_S and after the last step."""
+        PREVIEW_INTERVAL_S: a one-step image, whose result comes as soon as a preview would, costs nothing."""
         if self.on_preview is None or self.previewer is None:
             return
         now = time.monotonic()
-        last = self.done >= self.total - 1e-9
-        if now - self._last_preview < PREVIEW_INTERVAL_S and not last:
+        if now - self._last_preview < PREVIEW_INTERVAL_S:
             return
         outputs = result if isinstance(result, tuple) else (getattr(result, "prev_sample", None),
                                                             getattr(result, "pred_original_sample", None))
