@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tables import print_rows
+
 if TYPE_CHECKING:
     import torch
 
@@ -312,7 +314,7 @@ def print_table(results: dict[str, Measurement], scale: int, dtype: str) -> None
     ours, theirs, base, own_base = (results[name] for name in CASES)
     print(f"\nscale {scale}: text encoders + VAE {base.shared_mib:.1f} MiB, one UNet {base.unet_mib:.1f} MiB "
           f"({dtype} parameter bytes)\n")
-    _print_rows([("case", "pipelines", "peak RSS", "RSS after", "PSS after", "RSS imports", "seconds",
+    print_rows([("case", "pipelines", "peak RSS", "RSS after", "PSS after", "RSS imports", "seconds",
                   "distinct TE/TE2/VAE/UNet")] + [
         (f"{CASES[m.case].letter} {m.case}", CASES[m.case].summary, f"{m.peak_rss_mib:.0f} MiB",
          f"{m.rss_after_mib:.0f} MiB", f"{m.pss_after_mib:.0f} MiB", f"{m.rss_after_import_mib:.0f} MiB",
@@ -329,17 +331,11 @@ def print_table(results: dict[str, Measurement], scale: int, dtype: str) -> None
         a, b, c, a0 = (getattr(m, field) for m in (ours, theirs, base, own_base))
         rows.append((label, f"{a - c:.0f}", f"{a - a0:.0f}", f"{b - c:.0f}", f"{(b - c) / (a - c):.2f}",
                      f"{(b - c) / (a - a0):.2f}"))
-    _print_rows(rows)
+    print_rows(rows)
     print("(parameters: a = 2 UNets, b = 2 x (UNet + text encoders + VAE))")
     shared = all(ours.distinct[role] == 1 for role in SHARED_ROLES) and ours.distinct["unet"] == len(RUNS)
     print(f"\nimagegen holds one text encoder, one text encoder 2, one VAE and {len(RUNS)} UNets: "
           f"{'yes' if shared else 'NO'}")
-
-
-def _print_rows(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from speed_models import MARKER, SIZES, build_cache
+from tables import print_rows
 
 BENCHMARKS = Path(__file__).resolve().parent
 TESTS = BENCHMARKS.parent / "tests"
@@ -694,7 +695,7 @@ def print_recipe(result: dict[str, Any]) -> None:
                      f"{row['cpu_vs_a']:.3f}", f"{row['wall_speedup_vs_b']:.2f}x, {row['cpu_speedup_vs_b']:.2f}x",
                      f"{row['first_s']:.1f}", _mib(row.get("gpu_peak_mib") or row.get("peak_rise_mib")),
                      _mib(row["weights_mib"]), row["dtype"], *quality))
-    _print_rows(rows)
+    print_rows(rows)
     default = next((row for row in result["cases"] if row["case"] == "b"), None)
     if default and "identical" in default:
         print(f"  b equals a pixel for pixel on {default['seeds']} seeds: {'yes' if default['identical'] else 'NO'}")
@@ -722,7 +723,7 @@ def print_server(rows: list[dict[str, Any]]) -> None:
                       f"{row['images_per_s']:.2f}", f"{row['seconds_per_image']:.3f}",
                       f"{engine:.3f}" if engine else "-", f"{row['vs_engine']:.2f}x" if row["vs_engine"] else "-",
                       f"{row['server_cpu_s_per_image']:.3f}"))
-    _print_rows(table)
+    print_rows(table)
     if rows and rows[0]["server_peak_rss_mib"]:
         print(f"  server peak RSS {rows[0]['server_peak_rss_mib']:.0f} MiB")
 
@@ -733,12 +734,6 @@ def _millions(count: int) -> str:
 
 def _mib(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
-
-
-def _print_rows(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 if __name__ == "__main__":

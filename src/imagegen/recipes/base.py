@@ -146,7 +146,12 @@ class Recipe:
     def fast_methods(self) -> tuple[str, ...]:
         """The `--fast` methods (options.FAST_METHODS) that apply to this recipe (bf16: those that run in half
         precision on a GPU; the engine also checks the device)."""
-        return ("tiny-vae",) * bool(self.tiny_vae) + ("bf16",) * (self.gpu_dtype != "float32")
+        methods = []
+        if self.tiny_vae:
+            methods.append("tiny-vae")
+        if self.gpu_dtype != "float32":
+            methods.append("bf16")
+        return tuple(methods)
 
     @property
     def control(self) -> bool:
