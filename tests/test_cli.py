@@ -262,7 +262,7 @@ def test_bare_fast_means_every_method_that_applies(sdxl_models, taesd_models, tm
     fast = parse_infotext(Image.open(tmp_path / "fox.png").info["parameters"]).params["Fast"]
     assert fast == ("tiny-vae,bf16" if cpu_has_bf16() else "tiny-vae")
     assert main(["generate", "7", "--fast", "-q", "-o", str(tmp_path / "seven.png")]) == 0
-    assert "imagegen: warning: --fast tiny-vae, bf16: does not apply to recipe digits; ignored" in \
+    assert "imagegen: warning: --fast tiny-vae, bf16, step-cache: does not apply to recipe digits; ignored" in \
         capsys.readouterr().err
 
 

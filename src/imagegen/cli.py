@@ -24,10 +24,13 @@ from imagegen.prompts.lora_tags import LoraSpec
 from imagegen.request import GenerationRequest
 from imagegen.version import __version__
 
+ATTENTION_HELP = ("torch's attention kernel (auto: torch picks per call, as the reference code does); on a GPU flash "
+                  "or cudnn (half precision), efficient, or math; a call the kernel cannot serve fails with its reason")
+
 
 def build_parser() -> argparse.ArgumentParser:
     from imagegen.engine import OFFLOAD_MODES
-    from imagegen.models.devices import DEVICES, DTYPES
+    from imagegen.models.devices import DEVICES, DTYPES, SDPA_BACKENDS
 
     parser = argparse.ArgumentParser(prog="imagegen", description="Fast diffusion image generation.")
     parser.add_argument("--version", action="version", version=f"imagegen {__version__}")
@@ -48,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", choices=DTYPES, default="auto")
     gen.add_argument("--offload", choices=OFFLOAD_MODES, default="auto",
                      help="CPU offload on a GPU (auto: as the recipe's reference code does)")
+    gen.add_argument("--attention", choices=list(SDPA_BACKENDS), default="auto", help=ATTENTION_HELP)
     gen.add_argument("--vae-tiling", action="store_true", help="decode in tiles: large images in less memory")
     gen.add_argument("--vae-slicing", action="store_true", help="decode one image at a time")
     gen.add_argument("--allow-pickle", action="store_true",
@@ -79,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--device", choices=DEVICES, default="auto")
     srv.add_argument("--dtype", choices=DTYPES, default="auto")
     srv.add_argument("--offload", choices=OFFLOAD_MODES, default="auto")
+    srv.add_argument("--attention", choices=list(SDPA_BACKENDS), default="auto", help=ATTENTION_HELP)
+    srv.add_argument("--warm", action="append", default=[], metavar="RECIPE[:FAST]",
+                     help="load RECIPE (with the `fast` methods FAST, e.g. sdxl-turbo:all,compile) and make one image "
+                          "before /ready says yes, so the first job does not pay the load or the compile; repeatable")
     srv.set_defaults(run=_serve)
 
     rec = commands.add_parser("recipes", help="list the recipes, their models and defaults")
@@ -195,7 +203,7 @@ def _generate(args: argparse.Namespace) -> int:
     check_output_target(target)
     engine = Engine(EngineOptions(device=args.device, dtype=args.dtype, offload=args.offload,
                                   vae_tiling=args.vae_tiling, vae_slicing=args.vae_slicing,
-                                  allow_pickle=args.allow_pickle))
+                                  allow_pickle=args.allow_pickle, attention=args.attention))
     with _ProgressBar(enabled=not args.quiet) as bar:
         on_preview = None if args.preview is None else functools.partial(_write_preview, args.preview)
         images = engine.generate(request, on_step=bar.update, on_preview=on_preview)  # or videos
@@ -233,7 +241,8 @@ def _serve(args: argparse.Namespace) -> int:
             raise InvalidRequest(f"--{name.replace('_', '-')} must be at least {low}")
     serve(ServerSettings(data_dir=args.data_dir, host=args.host, port=args.port, api_key=api_key_from(args.api_key),
                          insecure=args.insecure, max_queue=args.max_queue, max_batch=args.max_batch,
-                         models_dir=args.models_dir, device=args.device, dtype=args.dtype, offload=args.offload))
+                         models_dir=args.models_dir, device=args.device, dtype=args.dtype, offload=args.offload,
+                         attention=args.attention, warm=tuple(args.warm)))
     return 0
 
 

@@ -8,6 +8,7 @@ does), so a seed means the same image on every device up to kernel precision.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
 import math
 import threading
@@ -16,7 +17,7 @@ import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,16 @@ from imagegen.errors import (
     InvalidOutput,
     InvalidRequest,
     ModelNotFound,
-    Notice,
 )
 from imagegen.models.components import ComponentStore, Precision
-from imagegen.models.devices import cpu_has_bf16, pick_device, pick_dtype
+from imagegen.models.devices import (
+    SDPA_BACKENDS,
+    cpu_has_bf16,
+    fp8_unsupported,
+    pick_device,
+    pick_dtype,
+    sdpa_backend,
+)
 from imagegen.models.loras import LoraLibrary
 from imagegen.models.loras import applied as applied_loras
 from imagegen.models.pull import is_ready
@@ -38,7 +45,7 @@ from imagegen.models.sources import LocalModel, ModelRef, locate, parse_model_ar
 from imagegen.outputs.results import GeneratedImage, GeneratedVideo
 from imagegen.recipes import get_recipe
 from imagegen.recipes.base import Recipe
-from imagegen.request import GenerationRequest, fast_methods
+from imagegen.request import GenerationRequest, fast_methods, note_left_out
 
 OFFLOAD_MODES = ("auto", "none", "model", "sequential")
 ProgressFn = Callable[[int, int], None]
@@ -60,6 +67,7 @@ class EngineOptions:
     allow_pickle: bool = False
     max_pipelines: int = 2  # assembled pipelines kept warm; their shared components count once
     lora_names_only: bool = False  # a server's: LoRAs by name from the LoRA folder only, never by path
+    attention: str = "auto"  # torch's scaled-dot-product attention kernel (devices.SDPA_BACKENDS); auto: torch picks
 
 
 class Engine:
@@ -68,6 +76,9 @@ class Engine:
     def __init__(self, options: EngineOptions = EngineOptions()) -> None:
         if options.offload not in OFFLOAD_MODES:
             raise InvalidRequest(f"unknown offload mode {options.offload!r}; choose one of {', '.join(OFFLOAD_MODES)}")
+        if options.attention not in SDPA_BACKENDS:
+            raise InvalidRequest(f"unknown attention kernel {options.attention!r}; choose one of "
+                                 f"{', '.join(SDPA_BACKENDS)}")
         self.options = options
         self.device = pick_device(options.device)
         if options.offload not in ("none", "auto") and self.device == "cpu":
@@ -145,7 +156,7 @@ class Engine:
                         arguments["prompt"] = prompts
                     outputs = []
                     for call_seeds in calls:
-                        with _nan_guard():
+                        with _nan_guard(), self._during_call(pipe, recipe, first):
                             outputs.append(pipe(**arguments, output_type="pil", generator=[
                                 torch.Generator("cpu").manual_seed(seed) for seed in call_seeds]))
             finally:
@@ -177,18 +188,43 @@ class Engine:
         return self._previewers[vae]
 
     def usable_fast(self, request: GenerationRequest) -> GenerationRequest:
-        """The resolved request without the --fast methods this engine's device cannot use, each left out with a
-        Notice: bf16 needs a CPU with bf16 instructions and the automatic dtype (a GPU already runs in half)."""
+        """The resolved request without the --fast methods this engine's device or installation cannot use, each
+        left out with a Notice (the image is still made)."""
         methods = fast_methods(request.fast)
-        if "bf16" not in methods:
+        reasons = {name: reason for name in methods if (reason := self.fast_unusable(name))}
+        note_left_out(reasons)
+        if not reasons:
             return request
-        reason = ("--dtype is given" if self.options.dtype != "auto" else None if self.device == "cpu" and
-                  cpu_has_bf16() else f"{self.device} already runs in half precision" if self.device != "cpu" else
-                  "this CPU has no bf16 instructions (AVX512-BF16 or AMX)")
-        if reason is None:
-            return request
-        warnings.warn(f"--fast bf16: {reason}; ignored", Notice, stacklevel=3)
-        return replace(request, fast=",".join(name for name in methods if name != "bf16") or None)
+        return replace(request, fast=",".join(name for name in methods if name not in reasons) or None)
+
+    def fast_unusable(self, method: str) -> str | None:
+        """Why this engine cannot use a --fast method, or None."""
+        if method == "bf16":  # a GPU already runs in half precision; a CPU needs bf16 instructions
+            return ("--dtype is given" if self.options.dtype != "auto" else None if self.device == "cpu" and
+                    cpu_has_bf16() else f"{self.device} already runs in half precision" if self.device != "cpu"
+                    else "this CPU has no bf16 instructions (AVX512-BF16 or AMX)")
+        if method in ("int8", "fp8"):
+            if importlib.util.find_spec("torchao") is None:
+                return "needs torchao: pip install 'imagegen[quantize]'"
+            if method == "fp8":
+                return fp8_unsupported(self.device)
+            return None if self.device == "cpu" or self.device.startswith("cuda") else \
+                f"torchao's int8 runs on CPUs and CUDA GPUs, not {self.device}"
+        if method == "step-cache" and importlib.util.find_spec("DeepCache") is None:
+            return "needs the DeepCache package: pip install DeepCache"
+        return None
+
+    def _during_call(self, pipe: Any, recipe: Recipe, request: GenerationRequest) -> AbstractContextManager[Any]:
+        """What wraps each pipeline call: the SDPA backend asked for, and the per-call --fast methods."""
+        stack = ExitStack()
+        if self.options.attention != "auto":
+            stack.enter_context(sdpa_backend(self.options.attention))
+        methods = fast_methods(request.fast)
+        if methods:
+            from imagegen.fast import during_call
+
+            stack.enter_context(during_call(pipe, recipe, methods))
+        return stack
 
     def is_ready(self, recipe: Recipe) -> bool:
         """Whether every file `recipe` loads in this engine's precision is on disk: it runs offline, and
@@ -206,7 +242,12 @@ class Engine:
             offload = "none" if self.device.startswith(("cpu", "mps")) else recipe.gpu_offload
         model = recipe.models.get(role)
         half_variant = model.half_variant if isinstance(model, ModelRef) else "fp16"
-        return Precision(self.device, dtype, offload, half_variant)
+        treated = ""
+        if fast:
+            from imagegen.fast import AFTER_PLACEMENT
+
+            treated = ",".join(name for name in fast_methods(fast) if name in AFTER_PLACEMENT)
+        return Precision(self.device, dtype, offload, half_variant, treated)
 
     def _pipeline(self, recipe: Recipe, request: GenerationRequest) -> tuple[Any, Any]:
         """The recipe's pipeline for this request, from the warm cache or assembled now.
@@ -223,11 +264,14 @@ class Engine:
         if task == "txt2img":
             pipe = recipe.build(_Context(self.store, recipe, request,
                                          functools.partial(self.precision, recipe, fast=request.fast)))
-            if request.fast:  # opt-in: the default path never imports imagegen.fast
-                from imagegen.fast import speed_up
+            methods = fast_methods(request.fast)
+            if methods:  # opt-in: the default path never imports imagegen.fast
+                from imagegen.fast import optimize, prepare
 
-                speed_up(pipe, recipe, fast_methods(request.fast), self.store, precision)
+                prepare(pipe, recipe, methods, self.store, precision)
             self._place(pipe, precision.offload)
+            if methods:
+                optimize(pipe, recipe, methods, self.store, precision)
         else:
             text_pipe, text_schedulers = self._pipeline(
                 recipe, replace(request, init_image=None, mask_image=None, strength=None))
@@ -271,6 +315,9 @@ def _nan_guard() -> Iterator[None]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         yield
+    for warning in caught:  # recording catches every warning: pass on the others (the --fast notices among them)
+        if not issubclass(warning.category, RuntimeWarning):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     if any(issubclass(w.category, RuntimeWarning) and "invalid value encountered" in str(w.message) for w in caught):
         raise InvalidOutput("the model produced NaN or infinite values (a half-precision overflow, or a broken "
                             "LoRA or model file); nothing was saved")

@@ -32,12 +32,23 @@ MAX_CANNY_THRESHOLD = 1000  # cv2.Canny compares gradient magnitudes, which reac
 DEFAULT_RECIPE = "digits"  # the built-in model: the default works offline on a fresh machine
 DEFAULT_STRENGTH = 0.75  # A1111's default denoising strength for img2img
 # The opt-in speed-ups (`fast`), each changing pixels a little, so each is named in the infotext and replayed.
-# "all" asks for every one that applies to the recipe. imagegen.fast holds their code.
+# imagegen.fast holds their code.
 FAST_METHODS = {
     "tiny-vae": "decode with the tiny VAE (TAESD for SD 1.5, TAESDXL for SDXL): ~10x faster decoding",
     "bf16": "run in bfloat16 on a CPU with bf16 instructions (AVX512-BF16 or AMX), as a GPU runs in half precision",
+    "step-cache": "reuse the denoiser's deep features between steps (DeepCache for UNets, first-block cache for DiT) "
+                  "on 10+ steps: ~2x",
+    "compile": "torch.compile the denoiser's repeated blocks (fused QKV, channels_last); the first image of a "
+               "process compiles (cached on disk for the next), so it pays in servers and on GPUs",
+    "int8": "int8 weight-only quantisation of the denoiser (torchao): half the memory",
+    "fp8": "fp8 weight-only quantisation of the denoiser (torchao; a GPU of compute capability 8.9+)",
 }
 FAST_ALL = "all"
+# What "all" (and the bare flag) turns on, wherever it applies: the methods that pay off on the first image. compile
+# costs a compile per process and the quantisations a measured quality cost, so those are named explicitly
+# ("all,compile").
+FAST_IN_ALL = ("tiny-vae", "bf16", "step-cache")
+STEP_CACHE_MIN_STEPS = 10  # below this, reusing every third step's features costs more quality than it saves
 
 
 def _scheduler_names() -> Sequence[str]:
@@ -85,6 +96,18 @@ class Option:
         """How error messages name the option: its field name, and its flag where that differs."""
         flag = (self.cli_flag or "").lstrip("-")
         return self.name if not flag or flag == self.name.replace("_", "-") else f"{self.name} ({flag})"
+
+    @property
+    def api_kind(self) -> Any:
+        """The JSON type the APIs take: an option with a bare-flag value also takes true (that value) and false
+        (unset), as `"fast": true`."""
+        return self.kind if self.flag_alone is None else self.kind | bool
+
+    def from_api(self, value: Any) -> Any:
+        """An API's value as the request holds it (true/false for options with a bare-flag value)."""
+        if self.flag_alone is not None and isinstance(value, bool):
+            return self.flag_alone if value else None
+        return value
 
     def allowed(self) -> Sequence[str] | None:
         return self.choices() if callable(self.choices) else self.choices
@@ -189,8 +212,8 @@ OPTIONS: dict[str, Option] = {option.name: option for option in (
     Option("canny_high", int, "Canny high threshold", group=_CONTROL, metavar="T", low=0, high=MAX_CANNY_THRESHOLD,
            per_recipe=True, stage=True),
     Option("fast", str, f"speed-ups, comma-separated: {'; '.join(f'{name}: {text}' for name, text in FAST_METHODS.items())}"
-           f"; {FAST_ALL} (or the bare flag): every one that applies to the recipe", group=_SPEED, metavar="METHODS",
-           high=200, flag_alone=FAST_ALL, infotext="Fast", openai="fast"),
+           f"; {FAST_ALL} (or the bare flag): {', '.join(FAST_IN_ALL)} where they apply", group=_SPEED, metavar="METHODS",
+           high=200, flag_alone=FAST_ALL, infotext="Fast", a1111="fast", openai="fast"),
 )}
 
 STAGE_OPTIONS = tuple(name for name, option in OPTIONS.items() if option.stage)

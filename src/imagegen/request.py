@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Any
 from imagegen.errors import InvalidRequest, Notice
 from imagegen.options import (
     FAST_ALL,
+    FAST_IN_ALL,
     FAST_METHODS,
     MAX_SEED,
     MAX_SIDE,
     MIN_SIDE,
     OPTIONS,
     SIDE_MULTIPLE,
+    STEP_CACHE_MIN_STEPS,
 )
 from imagegen.outputs.formats import MAX_GIF_FPS
 from imagegen.prompts.lora_tags import MAX_LORAS, LoraSpec, split_lora_tags  # noqa: F401 - LoraSpec: the loras field's type
@@ -73,12 +75,11 @@ class _RequestRules:
             height=d.height if height is None else height,
             strength=d.strength if self.strength is None and img2img else self.strength,
             output_format=self.output_format or ("mp4" if recipe.video else "png"),
-            fast=_usable_fast(self.fast, recipe),
             **_fill(self, d, *_PLAIN_RECIPE_DEFAULTS),
         )
         filled.validate()
         recipe.check(filled)
-        return filled
+        return replace(filled, fast=_usable_fast(self.fast, recipe, recipe.total_steps(filled)))
 
     def validate(self) -> None:
         """Check every option given against the option table, then the rules between options; raises
@@ -155,25 +156,42 @@ GenerationRequest.__module__ = __name__
 
 
 def fast_methods(value: str | None) -> tuple[str, ...]:
-    """The methods a `fast` value names, in the table's order ("all": every one); raises on an unknown name."""
+    """The methods a `fast` value names, in the table's order ("all": those of FAST_IN_ALL, plus any named beside
+    it); raises on an unknown name."""
+    names = _fast_names(value)
+    return tuple(name for name in FAST_METHODS if name in names or (FAST_ALL in names and name in FAST_IN_ALL))
+
+
+def _fast_names(value: str | None) -> list[str]:
     if value is None:
-        return ()
+        return []
     names = [name.strip() for name in value.split(",") if name.strip()]
     unknown = [name for name in names if name not in FAST_METHODS and name != FAST_ALL] or ([] if names else [""])
     if unknown:
         raise InvalidRequest(f"unknown fast method {unknown[0]!r}; choose from {', '.join(FAST_METHODS)}, "
                              f"or {FAST_ALL}")
-    return tuple(name for name in FAST_METHODS if FAST_ALL in names or name in names)
+    return names
 
 
-def _usable_fast(value: str | None, recipe: Recipe) -> str | None:
-    """The methods of `value` that apply to the recipe, as the infotext records them. A named method that does not
-    apply is left out with a Notice, never an error: the image is still made, at the usual speed."""
+def _usable_fast(value: str | None, recipe: Recipe, steps: int) -> str | None:
+    """The methods of `value` that apply to the recipe at `steps` denoising steps, as the infotext records them. A
+    named method that does not apply is left out with a Notice, never an error: the image is still made, at the
+    usual speed. Those that "all" brings are left out silently, unless none applies."""
+    named = _fast_names(value)
     asked = fast_methods(value)
-    usable = [name for name in asked if name in recipe.fast_methods]
-    skipped = [name for name in asked if name not in usable]
-    named = value is not None and FAST_ALL not in (name.strip() for name in value.split(","))
-    if skipped and (named or not usable):
-        warnings.warn(f"--fast {', '.join(skipped)}: does not apply to recipe {recipe.name}; ignored", Notice,
-                      stacklevel=3)
+    reasons = {name: f"does not apply to recipe {recipe.name}" for name in asked if name not in recipe.fast_methods}
+    if "step-cache" in asked and "step-cache" not in reasons and steps < STEP_CACHE_MIN_STEPS:
+        reasons["step-cache"] = f"{steps} steps are too few to reuse features between them " \
+                                f"(it needs {STEP_CACHE_MIN_STEPS}+)"
+    usable = [name for name in asked if name not in reasons]
+    note_left_out({name: reason for name, reason in reasons.items() if name in named or not usable})
     return ",".join(usable) or None
+
+
+def note_left_out(reasons: dict[str, str]) -> None:
+    """One Notice per reason, naming the --fast methods left out for it."""
+    methods: dict[str, list[str]] = {}
+    for name, reason in reasons.items():
+        methods.setdefault(reason, []).append(name)
+    for reason, names in methods.items():
+        warnings.warn(f"--fast {', '.join(names)}: {reason}; ignored", Notice, stacklevel=4)

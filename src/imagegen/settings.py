@@ -53,3 +53,10 @@ def lora_dir() -> Path:
 
 
 HUB_TIMEOUT_S = 10.0  # a metadata request that takes longer means "unreachable": fail fast, never hang
+
+
+def compile_cache_dir() -> Path:
+    """TORCHINDUCTOR_CACHE_DIR, else ~/.cache/imagegen/torch-compile: where `--fast compile` keeps torch's compiled
+    kernels, so that the next process loads them instead of compiling again (torch's own default is under /tmp)."""
+    return Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+                or Path.home() / ".cache" / "imagegen" / "torch-compile").expanduser()

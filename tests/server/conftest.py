@@ -74,8 +74,9 @@ def stop_server(server: Server) -> None:
 
 
 @pytest.fixture(scope="session")
-def server_env(hf_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The environment the server process sees: the tiny models' cache, offline, a LoRA folder."""
+def server_env(hf_cache: Path, taesd_models: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment the server process sees: the tiny models' cache (with the tiny VAEs of `fast`), offline, a
+    LoRA folder."""
     from tiny_sd15 import write_loras
 
     loras = tmp_path_factory.mktemp("server_loras")

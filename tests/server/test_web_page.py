@@ -89,7 +89,7 @@ def test_the_page_generates_with_live_progress_and_reuses_settings_from_the_gall
     with server.client() as client:
         other = client.post("/v1/jobs", json={"prompt": MARKUP_PROMPT, "negative_prompt": "blurry", "recipe": "sd15",
                                               "width": 64, "height": 64, "num_inference_steps": 2, "seed": 99,
-                                              "loras": ["sd15_peft:0.5"]})
+                                              "loras": ["sd15_peft:0.5"], "fast": "int8"})
         assert other.status_code == 202, other.text
         assert wait_done(client, other.json()["id"])["state"] == "done"
 
@@ -110,12 +110,16 @@ def test_the_page_generates_with_live_progress_and_reuses_settings_from_the_gall
     expect(page.get_by_label("Steps")).to_have_value("150")
     expect(page.get_by_label("Seed")).to_have_value("4242")
     expect(page.get_by_label("Width")).to_have_value("256")
+    expect(page.locator("#fast")).to_be_hidden()  # digits takes no speed-up
 
     marked_up_job.get_by_role("button", name="Reuse these settings").click()
     expect(page.get_by_label("Prompt", exact=True)).to_have_value(MARKUP_PROMPT)
     expect(page.get_by_label("Negative prompt")).to_have_value("blurry")
     expect(page.get_by_label("LoRAs")).to_have_value("sd15_peft:0.5")
     expect(page.get_by_label("Recipe")).to_have_value("sd15")
+    expect(page.get_by_label("int8")).to_be_checked()  # the speed-ups it ran with, from its infotext
+    expect(page.get_by_label("tiny-vae")).not_to_be_checked()
+    assert page.evaluate("requestBody().fast") == "int8"
     assert errors == []
 
 

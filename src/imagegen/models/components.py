@@ -32,6 +32,9 @@ class Precision:
     dtype: str  # "float32", "float16" or "bfloat16"
     offload: str = "none"  # an offloaded pipeline's modules move between devices: never share them with others
     half_variant: str = "fp16"  # the name of the repo's half-precision files (Stable Cascade's are "bf16")
+    # The --fast methods that change a loaded model in place (quantise, compile): such components are never shared
+    # with pipelines that run without them.
+    treated: str = ""
 
     @property
     def variant(self) -> str | None:

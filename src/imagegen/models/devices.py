@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+from typing import Any
+
 from imagegen.errors import InvalidRequest
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -47,3 +50,31 @@ def pick_dtype(device: str, requested: str, recipe_gpu_dtype: str) -> str:
     if device.startswith("mps"):
         return "float16"  # MPS has no fast bfloat16 on most machines
     return recipe_gpu_dtype
+
+
+def fp8_unsupported(device: str) -> str | None:
+    """Why `device` cannot run fp8 matrix products (torchao's float8 needs compute capability 8.9+: Ada, Hopper and
+    later), or None."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return f"needs a CUDA GPU of compute capability 8.9+ (Ada, Hopper), not {device}"
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 9):
+        return f"{torch.cuda.get_device_name(device)} has compute capability {major}.{minor}; fp8 needs 8.9+"
+    return None
+
+
+# torch.nn.attention.SDPBackend members by the name `--attention` takes. auto: torch's own choice per call (the
+# reference code's). On a GPU, flash and cudnn are the fast ones (half precision only); efficient also runs in float32;
+# math is the slow reference.
+SDPA_BACKENDS = {"auto": None, "flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+                 "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
+
+
+def sdpa_backend(name: str) -> AbstractContextManager[Any]:
+    """Scaled-dot-product attention restricted to one kernel: a call it cannot serve fails with torch's reason
+    instead of silently taking another."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[name]))

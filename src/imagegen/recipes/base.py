@@ -134,6 +134,10 @@ class Recipe:
     batches_prompts: bool = False  # its pipeline takes a list of prompts: a server may batch requests
     takes_loras: bool = False
     tiny_vae: ModelRef | None = None  # the TAESD-family VAE that `--fast tiny-vae` decodes with
+    # The pipeline attribute holding the model that denoises at every step: what `--fast compile`, int8 and fp8
+    # treat. None: a pipeline of several denoisers (Stable Cascade) or none of diffusers' (the built-in digits).
+    denoiser: str | None = "unet"
+    step_cache: str | None = None  # `--fast step-cache`: "deepcache" (a UNet's deep features) or "first-block" (DiT)
     scheduler_choice: bool = True  # --scheduler may replace the (first) scheduler
     scheduler_slots: tuple[str, ...] = ("scheduler",)  # the pipeline's schedulers, one per denoising stage
     gpu_dtype: str = "float16"
@@ -151,6 +155,10 @@ class Recipe:
             methods.append("tiny-vae")
         if self.gpu_dtype != "float32":
             methods.append("bf16")
+        if self.step_cache:
+            methods.append("step-cache")
+        if self.denoiser:
+            methods.extend(("compile", "int8", "fp8"))
         return tuple(methods)
 
     @property

@@ -50,6 +50,7 @@ STABLE_CASCADE = Recipe(
     scheduler_choice=False,  # both stages need DDPMWuerstchenScheduler
     scheduler_slots=("prior.scheduler", "decoder.scheduler"),
     role_gpu_dtypes={"prior": "bfloat16"},
+    denoiser=None,  # two denoisers, one per stage
 )
 
 RECIPES = (STABLE_CASCADE,)

@@ -46,6 +46,7 @@ def _arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
 
 SDXL_CONTROLNET_CANNY = Recipe(
     tiny_vae=TAESDXL,
+    step_cache="deepcache",
     name="sdxl-controlnet-canny",
     summary="SDXL base + Canny ControlNet (OpenCV edges 100/200), fp16-fix VAE, CPU offload on GPU",
     models={"base": SDXL_BASE, "controlnet": CONTROLNET_CANNY_SDXL, "vae": SDXL_VAE_FP16_FIX},

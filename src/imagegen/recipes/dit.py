@@ -90,6 +90,8 @@ DIT = Recipe(
     build=_dit,
     arguments=_latent_dit_arguments,
     check_prompt=check_class_prompt,
+    denoiser="transformer",
+    step_cache="first-block",
 )
 
 DIT_512_RECIPE = replace(DIT, name="dit-512", summary="DiT-XL/2 on ImageNet, 512x512", models={"base": DIT_512},
@@ -107,6 +109,7 @@ DIGITS = Recipe(
     check_prompt=check_class_prompt,
     postprocess=_enlarge,
     gpu_dtype="float32",  # 1 M parameters: half precision would save nothing and cost accuracy
+    denoiser=None,  # 1 M parameters in imagegen's own classes: nothing to gain
     min_side=8,
 )
 

@@ -22,6 +22,7 @@ def _without_safety_checker(ctx: BuildContext) -> Any:
 
 SD15_RECIPE = Recipe(
     tiny_vae=TAESD,
+    step_cache="deepcache",
     name="sd15",
     summary="Stable Diffusion 1.5 or a fine-tune of it (folder, hub id[/subfolder] or civitai .safetensors), LoRAs",
     models={"base": SD15},

@@ -46,6 +46,7 @@ def _lightning(ctx: BuildContext) -> Any:
 
 SDXL = Recipe(
     tiny_vae=TAESDXL,
+    step_cache="deepcache",
     name="sdxl",
     summary="SDXL base 1.0, plain text-to-image",
     models={"base": SDXL_BASE},
@@ -59,6 +60,7 @@ SDXL = Recipe(
 
 SDXL_TURBO_RECIPE = Recipe(
     tiny_vae=TAESDXL,
+    step_cache="deepcache",
     name="sdxl-turbo",
     summary="SDXL-Turbo: adversarial diffusion distillation, 1 step",
     models={"base": SDXL_TURBO},
@@ -73,6 +75,7 @@ SDXL_TURBO_RECIPE = Recipe(
 
 LCM_SDXL = Recipe(
     tiny_vae=TAESDXL,
+    step_cache="deepcache",
     name="lcm-sdxl",
     summary="Latent Consistency Model UNet on SDXL base, LCMScheduler, 4 steps",
     models={"base": SDXL_BASE, "unet": LCM_SDXL_UNET},
@@ -85,6 +88,7 @@ LCM_SDXL = Recipe(
 
 SDXL_LIGHTNING_RECIPE = Recipe(
     tiny_vae=TAESDXL,
+    step_cache="deepcache",
     name="sdxl-lightning",
     summary="SDXL-Lightning N-step UNet on SDXL base, Euler with trailing timesteps",
     models={"base": SDXL_BASE, "unet": SDXL_LIGHTNING},

@@ -88,6 +88,7 @@ ANIMATEDIFF = Recipe(
     video=True,
     max_frames=ANIMATEDIFF_MAX_FRAMES,
     one_seed_per_call=True,  # AnimateDiffPipeline ignores num_videos_per_prompt
+    step_cache="deepcache",
 )
 
 ANIMATEDIFF_LIGHTNING_RECIPE = replace(

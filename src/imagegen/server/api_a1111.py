@@ -75,7 +75,7 @@ class _A1111Fields(BaseModel):
 def _option_fields() -> dict[str, Any]:
     """A1111's name and type for each option of the option table that an A1111 body carries."""
     defaults = {"prompt": "", "seed": -1}  # seed -1 or null: random, as A1111's get_fixed_seed
-    return {option.a1111: (option.kind | None, defaults.get(option.name))
+    return {option.a1111: (option.api_kind | None, defaults.get(option.name))
             for option in OPTIONS.values() if option.a1111}
 
 

@@ -83,7 +83,7 @@ class _OpenAIFields(BaseModel):
 def _option_fields() -> dict[str, Any]:
     """The OpenAI name and type of each option an OpenAI request carries: OpenAI's own (prompt, n, output_format)
     and imagegen's extensions (seed, negative_prompt, ...), from the option table."""
-    return {option.openai: (option.kind, ...) if option.name == "prompt" else (option.kind | None, None)
+    return {option.openai: (option.kind, ...) if option.name == "prompt" else (option.api_kind | None, None)
             for option in OPTIONS.values() if option.openai}
 
 

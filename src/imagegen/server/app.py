@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from starlette.datastructures import UploadFile
 
 from imagegen.errors import ImagegenError, InvalidRequest
+from imagegen.options import OPTIONS
 from imagegen.request import GenerationRequest
 from imagegen.server.jobs import FINISHED, Job, QueueFull
 from imagegen.server.service import IMAGE_FIELDS, ServerStopping, Service
@@ -43,6 +44,8 @@ def _job_body() -> type[BaseModel]:
     hints = get_type_hints(GenerationRequest)
     options: dict[str, Any] = {f.name: (hints[f.name], f.default) for f in fields(GenerationRequest)}
     options.update(prompt=(str, ""), recipe=(str | None, None), loras=(list[str | LoraItem] | None, None))
+    options.update({name: (option.api_kind | None, None) for name, option in OPTIONS.items()
+                    if option.api_kind is not option.kind})  # `"fast": true`
     return create_model("JobBody", __config__=ConfigDict(extra="allow"), **options)
 
 
@@ -89,12 +92,13 @@ def create_app(service: Service) -> FastAPI:
     def recipes() -> list[dict[str, Any]]:
         """"ready": every file the recipe loads in the server's precision is on disk (else the first job downloads
         them, or fails offline; `imagegen pull NAME` fetches them ahead)."""
-        from imagegen.options import DEFAULT_RECIPE
+        from imagegen.options import DEFAULT_RECIPE, FAST_METHODS
         from imagegen.recipes import RECIPES
 
         return [{"name": recipe.name, "summary": recipe.summary, "video": recipe.video,
                  "default": recipe.name == DEFAULT_RECIPE,
                  "ready": service.worker.engine.is_ready(recipe),
+                 "fast": {name: FAST_METHODS[name] for name in recipe.fast_methods},  # the `fast` methods it takes
                  "models": {role: model.name for role, model in recipe.models.items()},
                  "defaults": {key: value for key, value in asdict(recipe.defaults).items() if value is not None}}
                 for recipe in RECIPES.values()]

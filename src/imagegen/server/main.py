@@ -43,7 +43,7 @@ def serve(settings: ServerSettings) -> None:
     lock = _lock_data_dir(settings.data_dir)  # noqa: F841 - held for the life of the process
     _log_to_stderr()
     engine = Engine(EngineOptions(device=settings.device, dtype=settings.dtype, offload=settings.offload,
-                                  lora_names_only=True))
+                                  lora_names_only=True, attention=settings.attention))
     for line in startup_lines(settings, engine):
         log.info(line)
     service = Service(settings, engine)

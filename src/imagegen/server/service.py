@@ -10,7 +10,7 @@ from typing import Any
 
 from imagegen.errors import InvalidRequest
 from imagegen.models.loras import find_lora_file
-from imagegen.options import DEFAULT_RECIPE
+from imagegen.options import DEFAULT_RECIPE, OPTIONS
 from imagegen.prompts.lora_tags import LoraSpec
 from imagegen.recipes import get_recipe
 from imagegen.request import GenerationRequest
@@ -40,6 +40,8 @@ class ServerSettings:
     device: str = "auto"
     dtype: str = "auto"
     offload: str = "auto"
+    attention: str = "auto"
+    warm: tuple[str, ...] = ()  # RECIPE or RECIPE:FAST (warm_requests): run once before /ready says yes
 
     @property
     def images_dir(self) -> Path:
@@ -59,7 +61,8 @@ class Service:
         self.settings = settings
         self.metrics = Metrics()
         self.store = JobStore(settings.data_dir / "jobs.sqlite3", max_queue=settings.max_queue)
-        self.worker = Worker(engine, self.store, settings.images_dir, self.metrics, max_batch=settings.max_batch)
+        self.worker = Worker(engine, self.store, settings.images_dir, self.metrics, max_batch=settings.max_batch,
+                             warm=warm_requests(settings.warm))
 
     def request_from_options(self, options: dict[str, Any]) -> GenerationRequest:
         """A resolved request from an API's options (GenerationRequest's names); images are base64 or bytes.
@@ -74,7 +77,9 @@ class Service:
         recipe = get_recipe(options.get("recipe") or DEFAULT_RECIPE)
         loras = tuple(LoraSpec.parse(lora) if isinstance(lora, str) else LoraSpec(lora["name"], lora.get("weight", 1.0))
                       for lora in options.get("loras") or ())
-        given = {name: value for name, value in options.items() if name in _OPTIONS and value is not None}
+        given = {name: OPTIONS[name].from_api(value) for name, value in options.items()
+                 if name in _OPTIONS and value is not None}
+        given = {name: value for name, value in given.items() if value is not None}
         for name in ("model", "controlnet"):  # the two options that name models
             if given.get(name):
                 given[name] = checked_model(given[name], self.settings.models_dir)
@@ -149,3 +154,17 @@ class Service:
         return path if path.is_file() else None
 
 
+
+
+def warm_requests(specs: tuple[str, ...]) -> tuple[GenerationRequest, ...]:
+    """`--warm` values (RECIPE, or RECIPE:FAST with FAST as the `fast` option takes it) as the requests that warm
+    them: the recipe's defaults, so that jobs with the same `fast` value find the pipeline loaded (and compiled)."""
+    requests = []
+    for spec in specs:
+        name, _, fast = spec.partition(":")
+        recipe = get_recipe(name)
+        if recipe.control or recipe.image_conditioned:
+            raise InvalidRequest(f"--warm {spec}: recipe {name} needs an input image; its first job warms it")
+        prompt = "0" if recipe.check_prompt else "warm-up"  # class-conditional recipes take a class id
+        requests.append(GenerationRequest(prompt=prompt, recipe=name, fast=fast or None, seed=0).resolve(recipe))
+    return tuple(requests)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from imagegen.errors import Cancelled, ImagegenError
+from imagegen.request import GenerationRequest
 from imagegen.server.inputs import discard_inputs
 from imagegen.server.jobs import Job, JobStore
 from imagegen.server.metrics import Metrics
@@ -41,10 +42,11 @@ class Progress:
 
 class Worker(threading.Thread):
     def __init__(self, engine: Any, store: JobStore, images_dir: Path, metrics: Metrics, *, max_batch: int = 4,
-                 idle_wait: float = 0.5) -> None:
+                 idle_wait: float = 0.5, warm: tuple[GenerationRequest, ...] = ()) -> None:
         super().__init__(name="imagegen-worker", daemon=True)
         self.engine, self.store, self.images_dir, self.metrics = engine, store, images_dir, metrics
         self.max_batch, self.idle_wait = max_batch, idle_wait
+        self.warm = warm  # run once before the worker says ready: loads (and with --fast compile, compiles) them
         self.running: dict[str, Progress] = {}  # job id -> live progress, read by the APIs
         self.ready = threading.Event()
         self._stopping = threading.Event()
@@ -77,6 +79,17 @@ class Worker(threading.Thread):
         if self.ident is not None:  # started
             self.join()
 
+    def _warm_up(self, request: GenerationRequest) -> None:
+        """One image of `request`, thrown away: its pipeline is loaded, compiled and warm for the first job."""
+        started = time.monotonic()
+        try:
+            self.engine.generate(request)
+        except ImagegenError as error:
+            log.error("warming %s failed: %s", request.recipe, error)
+            return
+        log.info("warmed %s%s in %.1f s", request.recipe, f" (fast {request.fast})" if request.fast else "",
+                 time.monotonic() - started)
+
     def cancel(self, job_id: str) -> bool:
         """Ask a running job to stop at its next step; False if it is not running."""
         with self._lock:
@@ -92,6 +105,8 @@ class Worker(threading.Thread):
         requeued = self.store.requeue_interrupted()
         if requeued:
             log.warning("%d interrupted job(s) went back to the queue", requeued)
+        for request in self.warm:
+            self._warm_up(request)
         self.ready.set()
         while not self._stopping.is_set():
             try:

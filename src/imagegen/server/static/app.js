@@ -238,6 +238,7 @@ function settingsOf(job) {
     seed: params.Seed ?? job.seed,
     num_images: job.images.length,
     loras: loras.join(", "),
+    fast: (params.Fast ?? "").split(",").filter(Boolean),
   };
 }
 
@@ -248,6 +249,7 @@ function fillForm(settings) {
   if (recipes.has(settings.recipe)) {
     form.elements.recipe.value = settings.recipe;
     showRecipeDefaults();
+    showFastMethods(recipes.get(settings.recipe).fast ?? {}, settings.fast ?? []);
   }
   setStatus("Settings copied into the form");
   form.elements.prompt.focus();
@@ -297,6 +299,27 @@ function showRecipeDefaults() {
   if (!recipe) return;
   for (const name of DEFAULT_FIELDS) form.elements[name].placeholder = recipe.defaults[name] ?? "";
   $("recipe-summary").textContent = `${recipe.summary}. Empty fields take the recipe's defaults.`;
+  showFastMethods(recipe.fast ?? {});
+}
+
+// One checkbox per `fast` method the recipe takes (the server's /v1/recipes says which), ticks kept across recipes.
+function showFastMethods(methods, ticked = checkedFastMethods()) {
+  const fieldset = $("fast");
+  const boxes = Object.entries(methods).map(([name, help]) => {
+    const label = document.createElement("label");
+    label.className = "check";
+    label.title = help;
+    const box = document.createElement("input");
+    Object.assign(box, {type: "checkbox", name: "fast", value: name, checked: ticked.includes(name)});
+    label.append(box, ` ${name}`);
+    return label;
+  });
+  fieldset.replaceChildren(fieldset.querySelector("legend"), ...boxes);
+  fieldset.hidden = !boxes.length;
+}
+
+function checkedFastMethods() {
+  return [...$("fast").querySelectorAll("input:checked")].map((box) => box.value);
 }
 
 async function loadRecipes() {
@@ -327,6 +350,8 @@ function requestBody() {
   }
   const loras = form.elements.loras.value.split(",").map((lora) => lora.trim()).filter(Boolean);
   if (loras.length) body.loras = loras;
+  const fast = checkedFastMethods();
+  if (fast.length) body.fast = fast.join(",");
   return body;
 }
 
