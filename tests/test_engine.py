@@ -149,13 +149,17 @@ def test_dit_samples_correctly_with_euler_too(engine) -> None:
     assert np.abs(image("euler").astype(float) - reference).mean() < 5
 
 
-@pytest.mark.parametrize("recipe", ["sdxl-turbo", "sd15"])
+BATCHED_PROMPTS = {"digits": ("3", "7"), "dit": ("otter", "golden retriever")}
+
+
+@pytest.mark.parametrize("recipe", ["sdxl-turbo", "sd15", "digits", "dit"])
 def test_requests_batched_into_one_call_match_each_run_alone(engine, sd15_models, recipe) -> None:
-    """A server's batching: different prompts and seeds in one pipeline call, each image as if run alone
-    (the CPU sums a batch in another order: at most one level apart)."""
-    steps = {"num_inference_steps": 2} if recipe == "sd15" else {}
+    """A server's batching: different prompts (class labels for the class-conditional recipes) and seeds in one
+    pipeline call, each image as if run alone (the CPU sums a batch in another order: at most one level apart)."""
+    steps = {"num_inference_steps": 2} if recipe in ("sd15", "dit") else {}
+    first, second = BATCHED_PROMPTS.get(recipe, ("a cat", "a dog in the rain"))
     requests = [GenerationRequest(prompt=prompt, recipe=recipe, seed=seed, num_images=n, **SIZE, **steps)
-                for prompt, seed, n in (("a cat", 1, 2), ("a dog in the rain", 50, 1))]
+                for prompt, seed, n in ((first, 1, 2), (second, 50, 1))]
     assert engine.batch_key(requests[0].resolve(get_recipe(recipe))) == \
         engine.batch_key(requests[1].resolve(get_recipe(recipe)))
     batched = engine.generate_many(requests)
@@ -171,4 +175,4 @@ def test_requests_that_differ_in_more_than_prompt_and_seed_are_not_batched(engin
     first = GenerationRequest(prompt="a", recipe="sdxl-turbo", seed=1, **SIZE)
     with pytest.raises(InvalidRequest, match="differ in more than prompt, seed and count"):
         engine.generate_many([first, GenerationRequest(prompt="a", recipe="sdxl-turbo", seed=1, width=128, height=64)])
-    assert engine.batch_key(GenerationRequest(prompt="7", recipe="digits", seed=1)) is None
+    assert engine.batch_key(GenerationRequest(prompt="a", recipe="stable-cascade", seed=1)) is None

@@ -17,7 +17,6 @@ from imagegen.options import OPTIONS, Option
 from imagegen.outputs.formats import (
     IMAGE_SUFFIXES,
     OUTPUT_SUFFIXES,
-    VIDEO_SUFFIXES,
     suffix_for,
 )
 from imagegen.prompts.lora_tags import LoraSpec
@@ -29,6 +28,7 @@ ATTENTION_HELP = ("torch's attention kernel (auto: torch picks per call, as the 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from imagegen import settings
     from imagegen.engine import OFFLOAD_MODES
     from imagegen.models.devices import DEVICES, DTYPES, SDPA_BACKENDS
 
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--offload", choices=OFFLOAD_MODES, default="auto",
                      help="CPU offload on a GPU (auto: as the recipe's reference code does)")
     gen.add_argument("--attention", choices=list(SDPA_BACKENDS), default="auto", help=ATTENTION_HELP)
+    gen.add_argument("--threads", type=int, metavar="N", help="torch's CPU threads (default: one per core)")
     gen.add_argument("--vae-tiling", action="store_true", help="decode in tiles: large images in less memory")
     gen.add_argument("--vae-slicing", action="store_true", help="decode one image at a time")
     gen.add_argument("--allow-pickle", action="store_true",
@@ -84,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--dtype", choices=DTYPES, default="auto")
     srv.add_argument("--offload", choices=OFFLOAD_MODES, default="auto")
     srv.add_argument("--attention", choices=list(SDPA_BACKENDS), default="auto", help=ATTENTION_HELP)
+    srv.add_argument("--threads", type=int, metavar="N", default=settings.server_threads(),
+                     help="torch's CPU threads (default here: %(default)s, a core left to the HTTP side)")
+    srv.add_argument("--repair", action="store_true",
+                     help="move a damaged job store aside and rebuild the finished jobs from the result files, "
+                          "then serve")
+    srv.add_argument("--webhook-allow", action="append", default=[], metavar="HOST",
+                     help="a host name, IP address or network (CIDR) that job webhooks may call; repeatable "
+                          "(none: jobs cannot name webhooks)")
     srv.add_argument("--warm", action="append", default=[], metavar="RECIPE[:FAST]",
                      help="load RECIPE (with the `fast` methods FAST, e.g. sdxl-turbo:all,compile) and make one image "
                           "before /ready says yes, so the first job does not pay the load or the compile; repeatable")
@@ -158,6 +167,7 @@ def _request_from_args(args: argparse.Namespace) -> GenerationRequest:
     from imagegen.options import DEFAULT_RECIPE
 
     if args.from_image is not None:
+        from imagegen.outputs.metadata import read_parameters
         from imagegen.parameters import request_from_infotext
 
         text = read_parameters(args.from_image)
@@ -203,7 +213,7 @@ def _generate(args: argparse.Namespace) -> int:
     check_output_target(target)
     engine = Engine(EngineOptions(device=args.device, dtype=args.dtype, offload=args.offload,
                                   vae_tiling=args.vae_tiling, vae_slicing=args.vae_slicing,
-                                  allow_pickle=args.allow_pickle, attention=args.attention))
+                                  allow_pickle=args.allow_pickle, attention=args.attention, threads=args.threads))
     with _ProgressBar(enabled=not args.quiet) as bar:
         on_preview = None if args.preview is None else functools.partial(_write_preview, args.preview)
         images = engine.generate(request, on_step=bar.update, on_preview=on_preview)  # or videos
@@ -242,7 +252,8 @@ def _serve(args: argparse.Namespace) -> int:
     serve(ServerSettings(data_dir=args.data_dir, host=args.host, port=args.port, api_key=api_key_from(args.api_key),
                          insecure=args.insecure, max_queue=args.max_queue, max_batch=args.max_batch,
                          models_dir=args.models_dir, device=args.device, dtype=args.dtype, offload=args.offload,
-                         attention=args.attention, warm=tuple(args.warm)))
+                         attention=args.attention, warm=tuple(args.warm), threads=args.threads,
+                         webhook_allow=tuple(args.webhook_allow), repair=args.repair))
     return 0
 
 
@@ -358,18 +369,9 @@ def _recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_parameters(path: Path) -> str | None:
-    """The infotext of an image, a video file or a folder of video frames."""
-    if path.is_dir() or path.suffix.lower() in set(VIDEO_SUFFIXES) - set(IMAGE_SUFFIXES):
-        from imagegen.outputs.video_files import read_video_infotext
-
-        return read_video_infotext(path)
-    from imagegen.outputs.metadata import read_infotext
-
-    return read_infotext(path)
-
-
 def _info(args: argparse.Namespace) -> int:
+    from imagegen.outputs.metadata import read_parameters
+
     text = read_parameters(args.image)
     if text is None:
         print(f"imagegen: {args.image} carries no generation parameters", file=sys.stderr)

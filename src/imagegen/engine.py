@@ -36,6 +36,7 @@ from imagegen.models.devices import (
     pick_device,
     pick_dtype,
     sdpa_backend,
+    use_threads,
 )
 from imagegen.models.loras import LoraLibrary
 from imagegen.models.loras import applied as applied_loras
@@ -68,6 +69,7 @@ class EngineOptions:
     max_pipelines: int = 2  # assembled pipelines kept warm; their shared components count once
     lora_names_only: bool = False  # a server's: LoRAs by name from the LoRA folder only, never by path
     attention: str = "auto"  # torch's scaled-dot-product attention kernel (devices.SDPA_BACKENDS); auto: torch picks
+    threads: int | None = None  # torch's CPU threads (intra- and inter-op); None: torch's default (one per core)
 
 
 class Engine:
@@ -81,6 +83,8 @@ class Engine:
                                  f"{', '.join(SDPA_BACKENDS)}")
         self.options = options
         self.device = pick_device(options.device)
+        if options.threads is not None:
+            use_threads(options.threads)
         if options.offload not in ("none", "auto") and self.device == "cpu":
             raise InvalidRequest("CPU offload moves models between the CPU and a GPU; there is no GPU here")
         self.store = ComponentStore(allow_pickle=options.allow_pickle)
@@ -105,7 +109,7 @@ class Engine:
 
         None for recipes whose pipelines cannot take a list of prompts (or whose batch members interact).
         """
-        if not get_recipe(request.recipe).batches_prompts:
+        if get_recipe(request.recipe).batch_prompts is None:
             return None
         return replace(request, prompt="", seed=0, num_images=1)
 
@@ -153,7 +157,7 @@ class Engine:
                     arguments = recipe.arguments(pipe, replace(first, num_images=len(calls[0])
                                                                if len(resolved) == 1 else 1))
                     if len(resolved) > 1:
-                        arguments["prompt"] = prompts
+                        arguments.update(recipe.batch_prompts(pipe, prompts))
                     outputs = []
                     for call_seeds in calls:
                         with _nan_guard(), self._during_call(pipe, recipe, first):

@@ -13,6 +13,7 @@ class ImagegenError(Exception):
 
     exit_code = 1
     http_status = 500  # not known to be the request's fault
+    retry_after_s: int | None = None  # the same request may succeed this much later: the APIs send Retry-After
 
 
 class InvalidRequest(ImagegenError):
@@ -66,6 +67,21 @@ class InvalidOutput(ImagegenError):
     # The request passed every check and the model failed on it, most often through the server's choice of precision;
     # the same request (same seed) fails again, which the APIs say with their no-retry hints.
     http_status = 500
+
+
+class StoreDamaged(ImagegenError):
+    """The server's job database cannot be read (truncated, overwritten, corrupted): it says which file, and how to
+    start again without losing the results (`imagegen serve --repair`)."""
+
+    exit_code = 5
+
+
+class StorageFull(ImagegenError):
+    """The data folder's disk is full (or the job store cannot be written): nothing new can be kept safely."""
+
+    exit_code = 1
+    http_status = 507  # RFC 4918's Insufficient Storage: the server's, not the request's; retry once space is freed
+    retry_after_s = 60
 
 
 class Notice(UserWarning):

@@ -128,6 +128,7 @@ class Option:
         elif self.kind is str:
             if not isinstance(value, str):
                 raise InvalidRequest(f"{self.label} must be text, got {value!r}")
+            check_text(value, self.label)
             if self.high is not None and len(value) > self.high:
                 raise InvalidRequest(f"{self.label} is limited to {self.high:.0f} characters")
             allowed = self.allowed()
@@ -142,6 +143,17 @@ class Option:
                                  f"got {shown(value)}")
         if self.multiple_of and value % self.multiple_of:
             raise InvalidRequest(f"{self.label} must be a multiple of {self.multiple_of}, got {value}")
+
+
+def check_text(text: str, what: str) -> None:
+    """Raise InvalidRequest naming `what` unless `text` can be written as UTF-8. A lone UTF-16 surrogate ("\\ud800" in
+    JSON, or an undecodable byte of a command line) is a valid Python str that no image's infotext, JSON answer or
+    web page can hold: refused on the way in, else it is stored and then fails every time it is shown (issue 13)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidRequest(f"{what} is not valid text: character {error.start} is a lone surrogate "
+                             f"({text[error.start]!r}), which no UTF-8 text can hold") from None
 
 
 _IMAGES = "image inputs (img2img, inpainting)"
@@ -211,9 +223,10 @@ OPTIONS: dict[str, Option] = {option.name: option for option in (
            per_recipe=True, stage=True),
     Option("canny_high", int, "Canny high threshold", group=_CONTROL, metavar="T", low=0, high=MAX_CANNY_THRESHOLD,
            per_recipe=True, stage=True),
-    Option("fast", str, f"speed-ups, comma-separated: {'; '.join(f'{name}: {text}' for name, text in FAST_METHODS.items())}"
-           f"; {FAST_ALL} (or the bare flag): {', '.join(FAST_IN_ALL)} where they apply", group=_SPEED, metavar="METHODS",
-           high=200, flag_alone=FAST_ALL, infotext="Fast", a1111="fast", openai="fast"),
+    Option("fast", str, "speed-ups, comma-separated: "
+           + "; ".join(f"{name}: {text}" for name, text in FAST_METHODS.items())
+           + f"; {FAST_ALL} (or the bare flag): {', '.join(FAST_IN_ALL)} where they apply", group=_SPEED,
+           metavar="METHODS", high=200, flag_alone=FAST_ALL, infotext="Fast", a1111="fast", openai="fast"),
 )}
 
 STAGE_OPTIONS = tuple(name for name, option in OPTIONS.items() if option.stage)

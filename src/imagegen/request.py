@@ -19,6 +19,7 @@ from imagegen.options import (
     OPTIONS,
     SIDE_MULTIPLE,
     STEP_CACHE_MIN_STEPS,
+    check_text,
 )
 from imagegen.outputs.formats import MAX_GIF_FPS
 from imagegen.prompts.lora_tags import MAX_LORAS, LoraSpec, split_lora_tags  # noqa: F401 - LoraSpec: the loras field's type
@@ -106,6 +107,8 @@ class _RequestRules:
                                      f"{self.num_inference_steps} x {self.strength:g}; raise --steps or --strength")
         if len(self.loras) > MAX_LORAS:
             raise InvalidRequest(f"at most {MAX_LORAS} LoRAs per request, got {len(self.loras)}")
+        for lora in self.loras:
+            check_text(lora.name, "loras")
         fast_methods(self.fast)
         if self.canny_low is not None and self.canny_high is not None and self.canny_low > self.canny_high:
             raise InvalidRequest(f"canny_low ({self.canny_low}) must not exceed canny_high ({self.canny_high})")

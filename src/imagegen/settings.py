@@ -60,3 +60,14 @@ def compile_cache_dir() -> Path:
     kernels, so that the next process loads them instead of compiling again (torch's own default is under /tmp)."""
     return Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR")
                 or Path.home() / ".cache" / "imagegen" / "torch-compile").expanduser()
+
+
+def server_threads() -> int:
+    """`imagegen serve`'s torch threads: one per core but one, which the HTTP side keeps (benchmarks/threads.py)."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
+def header_timeout_s() -> float:
+    """IMAGEGEN_HEADER_TIMEOUT_S, else 10: how long the server waits for a request's headers before closing the
+    connection (slow mobile links send them in well under a second)."""
+    return float(os.environ.get("IMAGEGEN_HEADER_TIMEOUT_S") or 10.0)

@@ -61,7 +61,8 @@ def test_a_method_that_does_not_apply_is_a_notice_not_an_error(engine) -> None:
     with pytest.warns(Notice, match="--fast tiny-vae: does not apply to recipe digits; ignored"):
         [image] = engine.generate(GenerationRequest(prompt="7", recipe="digits", seed=1, fast="tiny-vae"))
     assert "Fast:" not in image.infotext
-    with pytest.raises(InvalidRequest, match="unknown fast method .turbo.; choose from tiny-vae, bf16, step-cache, compile, int8, fp8, or all"):
+    with pytest.raises(InvalidRequest, match="unknown fast method .turbo.; choose from tiny-vae, bf16, step-cache, "
+                                             "compile, int8, fp8, or all"):
         GenerationRequest(prompt="7", fast="tiny-vae,turbo").validate()
     with pytest.raises(InvalidRequest, match="unknown fast method ''"):
         GenerationRequest(prompt="7", fast=" , ").validate()

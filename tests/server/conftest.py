@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,11 +39,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# `python -c` with this, then the largest file size in bytes, then the command line: imagegen under RLIMIT_FSIZE (a
+# write past it fails with EFBIG, as on a full disk; Python ignores the SIGXFSZ that comes with it).
+LIMITED_FILE_SIZE = ("import resource, sys; from imagegen.cli import main; limit = int(sys.argv.pop(1)); "
+                     "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY)); "
+                     "sys.exit(main(sys.argv[1:]))")  # the hard limit stays open: the test raises the soft one
+
+
 def start_server(data_dir: Path, env: dict[str, str], *args: str, api_key: str | None = API_KEY,
-                 port: int | None = None) -> Server:
-    """Start `imagegen serve` and wait until /ready answers 200."""
+                 port: int | None = None, max_file_bytes: int | None = None) -> Server:
+    """Start `imagegen serve` (with `max_file_bytes`: unable to grow any file past that size) and wait until /ready
+    answers 200."""
     port = port or free_port()
-    command = [sys.executable, "-m", "imagegen.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
+    start = ["-m", "imagegen.cli"] if max_file_bytes is None else ["-c", LIMITED_FILE_SIZE, str(max_file_bytes)]
+    command = [sys.executable, *start, "serve", "--port", str(port), "--data-dir", str(data_dir),
                "--device", "cpu", *(["--api-key", api_key] if api_key else []), *args]
     # A file, not a pipe: a pipe nobody reads would block the server once its buffer is full.
     log = data_dir.with_name(f"{data_dir.name}-{port}.log")
@@ -91,3 +100,19 @@ def server(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
     running = start_server(tmp_path_factory.mktemp("server_data"), server_env)
     yield running
     stop_server(running)
+
+
+@pytest.fixture
+def serve(server_env: dict[str, str]) -> Iterator[Callable[..., Server]]:
+    """Start servers with `serve(data_dir, *args, env=...)`; whatever still runs at the end is killed."""
+    started: list[Server] = []
+
+    def start(data_dir: Path, *args: str, env: dict[str, str] | None = None, **options: object) -> Server:
+        started.append(start_server(data_dir, env or server_env, *args, **options))
+        return started[-1]
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 import pytest
 
@@ -15,7 +16,7 @@ from imagegen.errors import (
     error_class,
 )
 from imagegen.request import GenerationRequest
-from imagegen.server.jobs import JobStore
+from imagegen.server.jobs import JobStore, QueueFull
 
 REQUEST = GenerationRequest(prompt="7", recipe="digits")
 
@@ -59,3 +60,15 @@ def test_error_classes_are_found_by_name_at_any_depth() -> None:
         ImagegenError, InvalidRequest, ModelNotFound, InvalidOutput]
     assert error_class("ValueError") is None and error_class(None) is None
     assert all(400 <= cls.http_status < 600 for cls in (ImagegenError, *ImagegenError.__subclasses__()))
+
+
+def test_an_idempotency_key_gives_its_first_job_again_across_restarts(tmp_path) -> None:
+    request = GenerationRequest(prompt="7", recipe="digits", seed=1)
+    store = JobStore(tmp_path / "jobs.sqlite3", max_queue=1)
+    first = store.add(request, idempotency_key="client-42")
+    again = store.add(replace(request, seed=2), idempotency_key="client-42")  # the first request made decides
+    reopened = JobStore(tmp_path / "jobs.sqlite3", max_queue=1).add(request, idempotency_key="client-42")
+    assert first.id == again.id == reopened.id and again.request.seed == 1
+    assert [job.id for job in store.list()] == [first.id]  # one job; and a full queue refuses only a new one
+    with pytest.raises(QueueFull):
+        store.add(request, idempotency_key="client-43")

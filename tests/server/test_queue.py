@@ -9,6 +9,7 @@ in-process with a scripted engine, where their timing can be controlled.
 from __future__ import annotations
 
 import io
+import os
 import sqlite3
 import threading
 import time
@@ -19,7 +20,6 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from server.conftest import Server, start_server
 
 from imagegen.errors import Cancelled
 from imagegen.request import GenerationRequest
@@ -29,22 +29,6 @@ from imagegen.server.worker import Worker
 
 TURBO = {"recipe": "sdxl-turbo", "width": 64, "height": 64}
 SLOW_DIGITS = {"recipe": "digits", "num_inference_steps": 150, "num_images": 4}  # a second or two on one core
-
-
-@pytest.fixture
-def serve(server_env: dict[str, str]) -> Iterator[Callable[..., Server]]:
-    """Start servers with `serve(data_dir, *args, env=...)`; whatever still runs at the end is killed."""
-    started: list[Server] = []
-
-    def start(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Server:
-        started.append(start_server(data_dir, env or server_env, *args))
-        return started[-1]
-
-    yield start
-    for server in started:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
 
 
 def submit(client: httpx.Client, **body: object) -> str:
@@ -299,3 +283,24 @@ def test_shutdown_interrupts_a_call_past_its_grace_and_requeues_its_jobs(queue) 
     worker.shutdown(grace=0.05)
     assert not worker.is_alive()
     assert [(job.state, job.started) for job in store.list()] == [("queued", None), ("queued", None)]
+
+
+def test_a_job_is_done_only_after_its_files_and_their_folder_reach_the_disk(queue, tmp_path, monkeypatch) -> None:
+    """The order a power loss needs: fsync the file, fsync the folder, then commit the row that says done."""
+    events: list[tuple[str, str]] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda descriptor: (events.append(("fsync", os.readlink(
+        f"/proc/self/fd/{descriptor}"))), real_fsync(descriptor))[1])
+    real_finish = JobStore.finish
+
+    def finish(store: JobStore, job_id: str, results: list[dict]) -> None:
+        events.append(("done", results[0]["file"]))
+        real_finish(store, job_id, results)
+
+    monkeypatch.setattr(JobStore, "finish", finish)
+    store, _ = queue(ScriptedEngine(), "a")
+    assert outcomes(store) == [("done", None)]
+    [job] = store.list()
+    file = tmp_path / "images" / job.results[0]["file"]
+    assert events == [("fsync", str(file)), ("fsync", str(tmp_path / "images")), ("done", file.name)]
+    assert file.read_text() == "a"

@@ -78,3 +78,17 @@ def sdpa_backend(name: str) -> AbstractContextManager[Any]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[name]))
+
+
+def use_threads(threads: int) -> None:
+    """torch's CPU thread pools: `threads` for the work inside an operation and between operations. The inter-op
+    pool can be sized only before its first use; later it keeps its size."""
+    import torch
+
+    if threads < 1:
+        raise InvalidRequest(f"threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # already in use in this process
+        pass

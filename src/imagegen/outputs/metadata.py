@@ -174,6 +174,17 @@ def write_aside(path: Path, write: Callable[[Path], object]) -> None:
         partial.unlink(missing_ok=True)
 
 
+def read_parameters(path: Path) -> str | None:
+    """The infotext of an image, a video file or a folder of video frames."""
+    from imagegen.outputs.formats import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
+    if path.is_dir() or path.suffix.lower() in set(VIDEO_SUFFIXES) - set(IMAGE_SUFFIXES):
+        from imagegen.outputs.video_files import read_video_infotext
+
+        return read_video_infotext(path)
+    return read_infotext(path)
+
+
 def read_infotext(path: Path) -> str | None:
     """The infotext stored in an image, or None if it has none.
 

@@ -75,6 +75,11 @@ ArgumentsFn = Callable[[Any, GenerationRequest], dict[str, Any]]
 PostprocessFn = Callable[[Any, GenerationRequest], Any]
 
 
+def prompt_list(pipe: Any, prompts: list[str]) -> dict[str, Any]:
+    """Text pipelines take a list of prompts."""
+    return {"prompt": prompts}
+
+
 def text_to_image_arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
     """The pipeline call of a text-to-image recipe, and of its img2img and inpainting forms.
 
@@ -131,7 +136,9 @@ class Recipe:
     # the request replaces it, whose classes are known only once loaded). None: any text is a prompt.
     check_prompt: Callable[[str, ModelRef | LocalModel | None], None] | None = None
     one_seed_per_call: bool = False  # batch members would influence each other (SVD)
-    batches_prompts: bool = False  # its pipeline takes a list of prompts: a server may batch requests
+    # The call arguments that make one image per prompt (one per image of the batch): requests that differ only in
+    # prompt and seed may then share one call (a server's batching). None: its pipeline cannot.
+    batch_prompts: Callable[[Any, list[str]], dict[str, Any]] | None = None
     takes_loras: bool = False
     tiny_vae: ModelRef | None = None  # the TAESD-family VAE that `--fast tiny-vae` decodes with
     # The pipeline attribute holding the model that denoises at every step: what `--fast compile`, int8 and fp8

@@ -14,6 +14,7 @@ from imagegen.recipes.base import (
     BuildContext,
     Defaults,
     Recipe,
+    prompt_list,
     text_to_image_arguments,
 )
 from imagegen.recipes.sdxl import SDXL_BASE, TAESDXL
@@ -58,7 +59,7 @@ SDXL_CONTROLNET_CANNY = Recipe(
     build=_with_controlnet,
     arguments=_arguments,
     takes_loras=True,
-    batches_prompts=True,
+    batch_prompts=prompt_list,
     gpu_offload="model",
     cache_key=lambda request: request.controlnet,
 )

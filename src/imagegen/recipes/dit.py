@@ -58,6 +58,12 @@ def _class_arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
     }
 
 
+def _class_labels(pipe: Any, prompts: list[str]) -> dict[str, Any]:
+    """One class label per image of a batch."""
+    return {"class_labels": [class_id(prompt, pipe.labels, pipe.transformer.config.num_embeds_ada_norm)
+                             for prompt in prompts]}
+
+
 def _latent_dit_arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
     side = _native_side(pipe)
     if (request.width, request.height) != (side, side):
@@ -90,6 +96,7 @@ DIT = Recipe(
     build=_dit,
     arguments=_latent_dit_arguments,
     check_prompt=check_class_prompt,
+    batch_prompts=_class_labels,
     denoiser="transformer",
     step_cache="first-block",
 )
@@ -107,6 +114,7 @@ DIGITS = Recipe(
     build=_digits,
     arguments=_pixel_dit_arguments,
     check_prompt=check_class_prompt,
+    batch_prompts=_class_labels,
     postprocess=_enlarge,
     gpu_dtype="float32",  # 1 M parameters: half precision would save nothing and cost accuracy
     denoiser=None,  # 1 M parameters in imagegen's own classes: nothing to gain

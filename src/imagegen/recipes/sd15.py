@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from imagegen.models.sources import ModelRef, RepoKind
-from imagegen.recipes.base import BuildContext, Defaults, Recipe
+from imagegen.recipes.base import BuildContext, Defaults, Recipe, prompt_list
 
 SD15 = ModelRef("stable-diffusion-v1-5/stable-diffusion-v1-5", "AI-ModelScope/stable-diffusion-v1-5")
 TAESD = ModelRef("madebyollin/taesd", kind=RepoKind.MODEL)  # SD 1.5's latent space, for --fast tiny-vae
@@ -31,7 +31,7 @@ SD15_RECIPE = Recipe(
     build=_without_safety_checker,
     image_inputs=True,
     takes_loras=True,
-    batches_prompts=True,
+    batch_prompts=prompt_list,
 )
 
 RECIPES = (SD15_RECIPE,)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from imagegen.models.sources import ModelRef, RepoKind
-from imagegen.recipes.base import BuildContext, Defaults, Recipe
+from imagegen.recipes.base import BuildContext, Defaults, Recipe, prompt_list
 
 SDXL_BASE = ModelRef("stabilityai/stable-diffusion-xl-base-1.0", "AI-ModelScope/stable-diffusion-xl-base-1.0")
 SDXL_TURBO = ModelRef("stabilityai/sdxl-turbo", "AI-ModelScope/sdxl-turbo")
@@ -55,7 +55,7 @@ SDXL = Recipe(
     build=_whole_pipeline,
     image_inputs=True,
     takes_loras=True,
-    batches_prompts=True,
+    batch_prompts=prompt_list,
 )
 
 SDXL_TURBO_RECIPE = Recipe(
@@ -70,7 +70,7 @@ SDXL_TURBO_RECIPE = Recipe(
     build=_whole_pipeline,
     image_inputs=True,
     takes_loras=True,
-    batches_prompts=True,
+    batch_prompts=prompt_list,
 )
 
 LCM_SDXL = Recipe(
@@ -83,7 +83,7 @@ LCM_SDXL = Recipe(
     build=_lcm,
     image_inputs=True,
     takes_loras=True,
-    batches_prompts=True,
+    batch_prompts=prompt_list,
 )
 
 SDXL_LIGHTNING_RECIPE = Recipe(
@@ -97,7 +97,7 @@ SDXL_LIGHTNING_RECIPE = Recipe(
     build=_lightning,
     image_inputs=True,
     takes_loras=True,
-    batches_prompts=True,
+    batch_prompts=prompt_list,
     allowed_steps=LIGHTNING_STEPS,
     cache_key=lambda request: request.num_inference_steps,
 )

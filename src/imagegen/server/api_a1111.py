@@ -18,7 +18,9 @@ Request fields, A1111 -> GenerationRequest:
 Fields left out take the recipe's defaults, not A1111's (its API would run Euler, 50 steps, CFG 7 at 512x512: wrong
 for a 1-step Turbo model or the 256x256 digits model); A1111 clients usually send them anyway. Options imagegen has no
 equivalent for (`_UNSUPPORTED`) are refused when set, never silently dropped; the others A1111 clients send along at
-their defaults (save_images, do_not_save_grid...) are accepted and echoed.
+their defaults (save_images, do_not_save_grid...) are accepted and echoed. Bodies are JSON sent as application/json,
+read once the key was checked, with strict types (`"steps": true` is refused, not one step) and nothing an answer
+could not echo (NaN, Infinity, lone surrogates); refusals carry A1111's error body.
 
 A "checkpoint" is a recipe: /sdapi/v1/sd-models lists the image recipes under their names (the title A1111 shows
 for a checkpoint without a computed hash), and the default checkpoint set by POST /sdapi/v1/options lives in
@@ -33,10 +35,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.params import Depends
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from imagegen.errors import ImagegenError, InvalidRequest
 from imagegen.models.schedulers import SCHEDULERS, from_a1111
@@ -45,8 +47,10 @@ from imagegen.outputs.metadata import parse_infotext
 from imagegen.recipes import RECIPES
 from imagegen.recipes.base import Recipe
 from imagegen.request import GenerationRequest
+from imagegen.server.app import answering_route, retry_after
+from imagegen.server.bodies import json_body, validation_message
 from imagegen.server.jobs import Job
-from imagegen.server.service import Service
+from imagegen.server.service import IDEMPOTENCY_HEADER, Service
 from imagegen.version import __version__
 
 AUTOMATIC = "Automatic"  # A1111's schedule type that means "the sampler's own"
@@ -58,9 +62,10 @@ _OWN_FIELDS = ("Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Denois
 
 
 class _A1111Fields(BaseModel):
-    """The fields of A1111's body that are not one option of ours (see `_option_fields` for those)."""
+    """The fields of A1111's body that are not one option of ours (see `_option_fields` for those); types are taken
+    strictly, so that `"steps": true` is refused rather than read as one step."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     subseed: int | None = -1
     batch_size: int = 1
     n_iter: int = 1
@@ -97,20 +102,26 @@ class A1111Options:
 
 
 def router(service: Service, auth: Depends) -> APIRouter:
-    api = APIRouter(prefix="/sdapi/v1", dependencies=[auth], tags=["AUTOMATIC1111"])
+    # Bodies are read in the endpoints, once the key was checked (a dependency), not before as FastAPI would.
+    api = APIRouter(prefix="/sdapi/v1", dependencies=[auth], tags=["AUTOMATIC1111"],
+                    route_class=answering_route(_answer))
     settings = A1111Options()
 
     @api.post("/txt2img")
-    async def txt2img(body: Txt2ImgBody) -> JSONResponse:
-        return await _generate(service, settings, body, init_image=None, mask=None)
+    async def txt2img(request: Request) -> JSONResponse:
+        body = Txt2ImgBody.model_validate(await json_body(request))
+        return await _generate(service, settings, body, request.headers.get(IDEMPOTENCY_HEADER), init_image=None,
+                               mask=None)
 
     @api.post("/img2img")
-    async def img2img(body: Img2ImgBody) -> JSONResponse:
+    async def img2img(request: Request) -> JSONResponse:
+        body = Img2ImgBody.model_validate(await json_body(request))
         if not body.init_images:
-            return _error(InvalidRequest("img2img needs init_images: a list holding one base64 image"))
+            raise InvalidRequest("img2img needs init_images: a list holding one base64 image")
         if len(body.init_images) > 1:
-            return _error(InvalidRequest(f"imagegen takes one init image per request, got {len(body.init_images)}"))
-        return await _generate(service, settings, body, init_image=body.init_images[0], mask=body.mask)
+            raise InvalidRequest(f"imagegen takes one init image per request, got {len(body.init_images)}")
+        return await _generate(service, settings, body, request.headers.get(IDEMPOTENCY_HEADER),
+                               init_image=body.init_images[0], mask=body.mask)
 
     @api.get("/sd-models")
     def sd_models() -> list[dict[str, Any]]:
@@ -138,13 +149,13 @@ def router(service: Service, auth: Depends) -> APIRouter:
         return {"sd_model_checkpoint": settings.checkpoint, "sd_checkpoint_hash": None, "samples_format": "png"}
 
     @api.post("/options")
-    def set_options(options: dict[str, Any]) -> JSONResponse:
+    async def set_options(request: Request) -> JSONResponse:
         """Sets sd_model_checkpoint; other A1111 settings are not kept, and the answer names them."""
+        options = await json_body(request)
+        if not isinstance(options, dict):
+            raise InvalidRequest("the options must be a JSON object")
         if "sd_model_checkpoint" in options:
-            try:
-                settings.checkpoint = _recipe_for(options["sd_model_checkpoint"]).name
-            except ImagegenError as error:
-                return _error(error)
+            settings.checkpoint = _recipe_for(options["sd_model_checkpoint"]).name
         return JSONResponse({"ignored": sorted(set(options) - {"sd_model_checkpoint"})})
 
     @api.get("/progress")
@@ -161,18 +172,16 @@ def router(service: Service, auth: Depends) -> APIRouter:
     return api
 
 
-async def _generate(service: Service, settings: A1111Options, body: Txt2ImgBody, *, init_image: str | None,
+async def _generate(service: Service, settings: A1111Options, body: Txt2ImgBody, idempotency_key: str | None, *,
+                    init_image: str | None,
                     mask: str | None) -> JSONResponse:
-    try:
-        checkpoint = (body.override_settings or {}).get("sd_model_checkpoint")
-        recipe = _recipe_for(checkpoint) if checkpoint else _recipe_for(settings.checkpoint)
-        options = _request_options(body, recipe, init_image=init_image, mask=mask)
-        request = await asyncio.to_thread(service.request_from_options, options)
-    except ImagegenError as error:
-        return _error(error)
+    checkpoint = (body.override_settings or {}).get("sd_model_checkpoint")
+    recipe = _recipe_for(checkpoint) if checkpoint else _recipe_for(settings.checkpoint)
+    options = _request_options(body, recipe, init_image=init_image, mask=mask)
+    request = await asyncio.to_thread(service.request_from_options, options)
     if checkpoint and not body.override_settings_restore_afterwards:
         settings.checkpoint = recipe.name
-    job = await service.wait(service.submit(request).id)
+    job = await service.wait((await asyncio.to_thread(service.submit, request, idempotency_key)).id)
     if job.state == "failed":
         return _error_response(job.failure_status, job.error_type or "GenerationFailed",
                                job.error or "generation failed")
@@ -356,10 +365,19 @@ def _timestamp(seconds: float) -> str:
     return time.strftime("%Y%m%d%H%M%S", time.localtime(seconds))
 
 
+def _answer(error: Exception) -> JSONResponse | None:
+    """A1111's error body for a request refused; None for what the app answers itself (a missing key, a full queue,
+    a stopping server) and for bugs."""
+    if isinstance(error, ValidationError):
+        return _error(InvalidRequest(validation_message(error)))
+    return _error(error) if isinstance(error, ImagegenError) else None
+
+
 def _error(error: ImagegenError) -> JSONResponse:
-    return _error_response(error.http_status, type(error).__name__, str(error))
+    return _error_response(error.http_status, type(error).__name__, str(error), retry_after(error))
 
 
-def _error_response(status: int, kind: str, message: str) -> JSONResponse:
+def _error_response(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """A1111's error body (modules/api/api.py, api_middleware): error, detail, body, errors."""
-    return JSONResponse({"error": kind, "detail": message, "body": "", "errors": message}, status_code=status)
+    return JSONResponse({"error": kind, "detail": message, "body": "", "errors": message}, status_code=status,
+                        headers=headers)

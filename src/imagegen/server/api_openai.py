@@ -23,8 +23,9 @@ What a caller may rely on, where we differ from OpenAI or had to choose:
 - Errors have OpenAI's shape `{"error": {"message", "type", "param", "code"}}` and the status imagegen's error class
   gives (errors.py), except that an invalid request is OpenAI's 400 where the native API answers 422:
   400 `invalid_request_error` (`param` names the field at fault where we know it; a prompt the recipe cannot read is
-  one), 401 `invalid_api_key`, 403 for pickle weights, 404 for a model the server lacks, 429 `rate_limit_error` with
-  Retry-After when the queue is full (OpenAI's client waits and retries). A job that fails when it runs answers its
+  one), 401 `invalid_api_key`, 403 for pickle weights, 404 for a model the server lacks, 415 for a body not sent as
+  application/json, 429 `rate_limit_error` with Retry-After when the queue is full (OpenAI's client waits and
+  retries). The key is checked before the body is read. A job that fails when it runs answers its
   error's status too (code `job_failed`; 500 `server_error` when the server is at fault), a cancelled one 409
   (`job_cancelled`), both with `x-should-retry: false` so that the client does not run the job again.
 - The call waits for its job, which is an ordinary queued job: a client that disconnects loses nothing, the job
@@ -35,24 +36,22 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.params import Depends
-from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, create_model
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from imagegen.errors import ImagegenError, InvalidRequest
 from imagegen.options import DEFAULT_RECIPE, OPTIONS
 from imagegen.outputs.formats import OUTPUT_FORMATS
 from imagegen.recipes import RECIPES
 from imagegen.recipes.base import Recipe
-from imagegen.server.app import RETRY_AFTER_S
+from imagegen.server.app import RETRY_AFTER_S, answering_route, retry_after
+from imagegen.server.bodies import json_body
 from imagegen.server.jobs import Job, QueueFull
-from imagegen.server.service import Service
+from imagegen.server.service import IDEMPOTENCY_HEADER, Service
 
 OPENAI_MODEL_PREFIXES = ("dall-e-", "gpt-image-", "chatgpt-image-")  # OpenAI's names: they mean the default recipe
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
@@ -106,22 +105,10 @@ class OpenAIError(Exception):
         return JSONResponse({"error": error}, status_code=self.status, headers=self.headers)
 
 
-class _OpenAIRoute(APIRoute):
-    """Answers every failure of its endpoint, authentication and body validation included, in OpenAI's shape."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def openai_errors(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Exception as error:  # noqa: BLE001 - re-raised below unless it has an OpenAI answer
-                translated = openai_error(error)
-                if translated is None:
-                    raise
-                return translated.response()
-
-        return openai_errors
+def _openai_answer(error: Exception) -> JSONResponse | None:
+    """Every failure of an OpenAI route, authentication and body validation included, in OpenAI's shape."""
+    translated = openai_error(error)
+    return None if translated is None else translated.response()
 
 
 def openai_error(error: Exception) -> OpenAIError | None:
@@ -131,10 +118,10 @@ def openai_error(error: Exception) -> OpenAIError | None:
     if isinstance(error, QueueFull):
         return OpenAIError(429, f"{error}; retry later", kind="rate_limit_error", code="queue_full",
                            headers={"Retry-After": str(RETRY_AFTER_S)})
-    if isinstance(error, RequestValidationError):
-        problem = error.errors()[0]
-        location = problem["loc"]  # ("body", field name) for a field; ("body", character offset) for bad JSON
-        field = location[1] if len(location) > 1 and isinstance(location[1], str) else None
+    if isinstance(error, ValidationError):
+        problem = error.errors(include_url=False)[0]
+        location = problem["loc"]  # (field name, ...) for a field; () for a body that is no JSON object
+        field = location[0] if location and isinstance(location[0], str) else None
         if problem["type"] == "extra_forbidden":
             return OpenAIError(400, f"Unrecognized request argument supplied: {field}", param=field)
         return OpenAIError(400, f"{field}: {problem['msg']}" if field else problem["msg"], param=field)
@@ -144,7 +131,7 @@ def openai_error(error: Exception) -> OpenAIError | None:
     if isinstance(error, ImagegenError):
         option = re.match(r"[a-z_]+", str(error))
         return OpenAIError(_openai_status(error.http_status), str(error),
-                           param=_PARAM_OF_OPTION.get(option.group() if option else ""))
+                           param=_PARAM_OF_OPTION.get(option.group() if option else ""), headers=retry_after(error))
     return None
 
 
@@ -154,13 +141,15 @@ def _openai_status(status: int) -> int:
 
 
 def router(service: Service, auth: Depends) -> APIRouter:
-    api = APIRouter(route_class=_OpenAIRoute, dependencies=[auth])
+    api = APIRouter(route_class=answering_route(_openai_answer), dependencies=[auth])
 
     @api.post("/v1/images/generations")
-    async def generations(body: ImageGenerationBody, request: Request) -> JSONResponse:
+    async def generations(request: Request) -> JSONResponse:
+        body = ImageGenerationBody.model_validate(await json_body(request))  # read once the key was checked
         response_format = body.response_format or "b64_json"
         options = generation_options(body)
-        job = await asyncio.to_thread(lambda: service.submit(service.request_from_options(options)))
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        job = await asyncio.to_thread(lambda: service.submit(service.request_from_options(options), key))
         finished = await service.wait(job.id)
         content = await asyncio.to_thread(images_response, service, finished, response_format, str(request.base_url))
         return JSONResponse(content, headers={"X-Imagegen-Job": job.id})

@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import json
 from base64 import b64decode
+from collections.abc import Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import asdict, fields
 from typing import Any, get_type_hints
@@ -16,37 +17,72 @@ from fastapi.responses import (
     FileResponse,
     JSONResponse,
     PlainTextResponse,
+    Response,
     StreamingResponse,
 )
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from imagegen.errors import ImagegenError, InvalidRequest
 from imagegen.options import OPTIONS
 from imagegen.request import GenerationRequest
+from imagegen.server.bodies import (
+    json_body,
+    media_type_of,
+    parse_json,
+    validation_message,
+)
+from imagegen.server.changes import wait_for
 from imagegen.server.jobs import FINISHED, Job, QueueFull
-from imagegen.server.service import IMAGE_FIELDS, ServerStopping, Service
+from imagegen.server.service import (
+    CHANGE_WAIT_S,
+    IDEMPOTENCY_HEADER,
+    IMAGE_FIELDS,
+    ServerStopping,
+    Service,
+)
+from imagegen.server.webhooks import Webhook
 
 RETRY_AFTER_S = 5
 STOPPING_DETAIL = "the server is shutting down; the job stays queued and runs after the restart"
+MAX_HISTORY_OFFSET = 2**63 - 1  # SQLite's largest integer: a larger offset would be an OverflowError, not an empty page
+MAX_HISTORY_LIMIT = 200
+FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")  # POST /v1/jobs takes its options as a form too
 
 
 class LoraItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str
     weight: float = 1.0
 
 
+class WebhookItem(BaseModel):
+    """A job's webhook: the URL told when the job starts (events "started") and ends ("finished", the default)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    url: str
+    events: list[str] = ["finished"]
+
+
+def _webhook(value: str | dict[str, Any] | None) -> Webhook | None:
+    if value is None:
+        return None
+    return Webhook(value) if isinstance(value, str) else Webhook(value["url"], tuple(value.get("events", ())))
+
+
 def _job_body() -> type[BaseModel]:
-    """POST /v1/jobs: GenerationRequest's options by name, with its types (derived, so the two never drift);
-    images as base64; LoRAs as "name:weight" or {name, weight}. Other names pass through, so that the answer can
-    list every unknown option at once."""
+    """POST /v1/jobs: GenerationRequest's options by name, with its types (derived, so the two never drift) taken
+    strictly (`true` is no step count, "5" no number); images as base64; LoRAs as "name:weight" or {name, weight}.
+    Other names pass through, so that the answer can list every unknown option at once."""
     hints = get_type_hints(GenerationRequest)
     options: dict[str, Any] = {f.name: (hints[f.name], f.default) for f in fields(GenerationRequest)}
-    options.update(prompt=(str, ""), recipe=(str | None, None), loras=(list[str | LoraItem] | None, None))
+    options.update(prompt=(str, ""), recipe=(str | None, None), loras=(list[str | LoraItem] | None, None),
+                   webhook=(str | WebhookItem | None, None))
     options.update({name: (option.api_kind | None, None) for name, option in OPTIONS.items()
                     if option.api_kind is not option.kind})  # `"fast": true`
-    return create_model("JobBody", __config__=ConfigDict(extra="allow"), **options)
+    return create_model("JobBody", __config__=ConfigDict(extra="allow", strict=True), **options)
 
 
 JobBody = _job_body()
@@ -63,11 +99,14 @@ def create_app(service: Service) -> FastAPI:
     # No /docs, /redoc or /openapi.json: Swagger's page loads from a CDN, and the schema is not the key-free kind.
     app = FastAPI(title="imagegen", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
-    app.middleware("http")(_limits(service))
+    # BodyLimit inside _limits: its 413 must be sent before the error leaves the endpoint's task, since _limits (a
+    # BaseHTTPMiddleware) hands errors on wrapped in an ExceptionGroup, which BodyLimit would not recognise.
     app.add_middleware(BodyLimit, limit=service.settings.max_body_bytes)
+    app.middleware("http")(_limits(service))
     app.exception_handler(ImagegenError)(_imagegen_error)
     app.exception_handler(QueueFull)(_queue_full)
     app.exception_handler(ServerStopping)(_server_stopping)
+    app.exception_handler(ClientDisconnect)(_client_gone)
     auth = Depends(_authenticated(service))
     from imagegen.server import api_a1111, api_openai, web
 
@@ -80,8 +119,9 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/ready")
     def ready() -> JSONResponse:
-        alive = service.worker.ready.is_set() and service.worker.is_alive()
-        return JSONResponse({"ready": alive}, status_code=200 if alive else 503)
+        reason = service.not_ready()
+        return JSONResponse({"ready": reason is None, **({"reason": reason} if reason else {})},
+                            status_code=200 if reason is None else 503)
 
     @app.get("/metrics", dependencies=[auth])
     def metrics() -> PlainTextResponse:
@@ -105,16 +145,19 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/v1/jobs", status_code=202, dependencies=[auth])
     async def submit(request: Request) -> dict[str, Any]:
-        """A JSON body (images as base64), or multipart/form-data: an `options` field holding that JSON and
-        the images as files named init_image, mask_image, control_image."""
+        """A JSON body (images as base64), or a form: an `options` field holding that JSON and, in
+        multipart/form-data, the images as files named init_image, mask_image, control_image."""
         options = await _job_options(request)
-        job = await asyncio.to_thread(lambda: service.submit(service.request_from_options(options)))
+        webhook = _webhook(options.pop("webhook", None))
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        job = await asyncio.to_thread(lambda: service.submit(service.request_from_options(options), key, webhook))
         return job_view(service, job)
 
     @app.get("/v1/jobs", dependencies=[auth])
     def history(offset: int = 0, limit: int = 50) -> dict[str, Any]:
-        limit = max(1, min(limit, 200))
-        return {"jobs": [job_view(service, job) for job in service.store.list(offset=max(offset, 0), limit=limit)],
+        """A page of the history, newest first; offset and limit are clamped to what the store can answer."""
+        offset, limit = max(0, min(offset, MAX_HISTORY_OFFSET)), max(1, min(limit, MAX_HISTORY_LIMIT))
+        return {"jobs": [job_view(service, job) for job in service.store.list(offset=offset, limit=limit)],
                 "offset": offset, "limit": limit}
 
     @app.get("/v1/jobs/{job_id}", dependencies=[auth])
@@ -159,6 +202,10 @@ def job_view(service: Service, job: Job) -> dict[str, Any]:
         "images": [{"url": f"/v1/images/{result['file']}", "seed": result["seed"], "infotext": result["infotext"]}
                    for result in job.results],
         "error": job.error,
+        "webhook": None if job.webhook is None else {
+            "url": job.webhook.url, "events": list(job.webhook.events),
+            "deliveries": [{"event": delivery.event, "state": delivery.state, "attempts": delivery.attempts,
+                            "error": delivery.error} for delivery in service.store.deliveries(job.id)]},
     }
 
 
@@ -169,8 +216,8 @@ async def _event_stream(service: Service, job_id: str):  # noqa: ANN202 - an asy
     last = None
     last_preview = None
     while True:
-        job = service.store.get(job_id)
-        view = job_view(service, job)
+        change = service.changes.next_change(job_id)
+        job, view = await asyncio.to_thread(_job_and_view, service, job_id)  # database reads: off the event loop
         if job.state == "queued" and service.worker.stopping:
             yield f"event: stopping\ndata: {json.dumps({'detail': STOPPING_DETAIL})}\n\n"
             return
@@ -184,26 +231,54 @@ async def _event_stream(service: Service, job_id: str):  # noqa: ANN202 - an asy
             yield f"event: preview\ndata: {json.dumps({'step': preview[0], 'jpeg': preview[1]})}\n\n"
             last_preview = preview
         if job.state in FINISHED:
+            change.cancel()
             return
-        await asyncio.sleep(0.1)
+        await wait_for(change, CHANGE_WAIT_S)
+
+
+def _job_and_view(service: Service, job_id: str) -> tuple[Job, dict[str, Any]]:
+    job = service.store.get(job_id)
+    return job, job_view(service, job)
 
 
 async def _job_options(request: Request) -> dict[str, Any]:
+    if media_type_of(request) in FORMS:
+        form = await request.form()
+        field = form.get("options") or "{}"
+        if isinstance(field, UploadFile):
+            raise InvalidRequest("the form's `options` must be a plain field holding JSON, not a file")
+        options = await asyncio.to_thread(parse_json, field, "the form's `options` field")
+        uploads = {name: await form[name].read() for name in IMAGE_FIELDS if isinstance(form.get(name), UploadFile)}
+    else:
+        options, uploads = await json_body(request), {}
+    if not isinstance(options, dict):
+        raise InvalidRequest("the job options must be a JSON object")
     try:
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            form = await request.form()
-            options = json.loads(form.get("options") or "{}")
-            uploads = {name: await form[name].read() for name in IMAGE_FIELDS if isinstance(form.get(name), UploadFile)}
-        else:
-            options, uploads = await request.json(), {}
-        if not isinstance(options, dict):
-            raise InvalidRequest("the job options must be a JSON object")
         return {**JobBody.model_validate(options).model_dump(exclude_unset=True), **uploads}
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidRequest("the body is not valid JSON (or the form's `options` field is not)") from None
     except ValidationError as error:
-        first = error.errors()[0]
-        raise InvalidRequest(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise InvalidRequest(validation_message(error)) from None
+
+
+def answering_route(answer: Callable[[Exception], Response | None]) -> type[APIRoute]:
+    """A route class whose every failure, authentication and body parsing included, `answer` renders in its API's
+    own shape; an error it returns None for goes on to the app's handlers (and a bug to a plain 500)."""
+
+    class AnsweringRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def answered(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except Exception as error:  # noqa: BLE001 - re-raised below unless `answer` renders it
+                    response = answer(error)
+                    if response is None:
+                        raise
+                    return response
+
+            return answered
+
+    return AnsweringRoute
 
 
 def _existing(service: Service, job_id: str) -> Job:
@@ -263,8 +338,7 @@ def _local_names(service: Service) -> set[str]:
 
 
 class BodyLimit:
-    """413 once a body grows past the limit, counted as it arrives: a chunked upload has no Content-Length, and
-    FastAPI would read a body whole before checking the API key."""
+    """413 once a body grows past the limit, counted as it arrives: a chunked upload has no Content-Length."""
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -293,7 +367,17 @@ class _TooLarge(Exception):
 
 
 async def _imagegen_error(request: Request, error: ImagegenError) -> JSONResponse:
-    return JSONResponse({"detail": str(error)}, status_code=error.http_status)
+    return JSONResponse({"detail": str(error)}, status_code=error.http_status, headers=retry_after(error))
+
+
+def retry_after(error: ImagegenError) -> dict[str, str]:
+    """The Retry-After header of an error that passes (a full disk), for every API's answer."""
+    return {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else {}
+
+
+async def _client_gone(request: Request, error: ClientDisconnect) -> Response:
+    """A client that hangs up halfway through its body gets no answer; this one keeps a traceback out of the log."""
+    return Response(status_code=400)
 
 
 async def _server_stopping(request: Request, error: ServerStopping) -> JSONResponse:

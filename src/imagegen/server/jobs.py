@@ -14,15 +14,17 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from imagegen.errors import Cancelled, error_class
+from imagegen.errors import Cancelled, StorageFull, StoreDamaged, error_class
 from imagegen.prompts.lora_tags import LoraSpec
 from imagegen.request import GenerationRequest
+from imagegen.server.changes import ANY_JOB
+from imagegen.server.webhooks import Webhook, payload
 
 log = logging.getLogger("imagegen.server")
 
@@ -42,10 +44,23 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
+CREATE TABLE IF NOT EXISTS deliveries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    url TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due REAL NOT NULL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, due);
 """
 # Columns added after the first release, with their type. Every database gets them at start-up, a new one too, so
 # that the table has one history: ALTER TABLE ADD COLUMN keeps an older database's rows, which read NULL.
-_ADDED_COLUMNS = {"error_type": "TEXT"}
+_ADDED_COLUMNS = {"error_type": "TEXT", "idempotency_key": "TEXT", "webhook": "TEXT"}
+_INDEXES = "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key ON jobs (idempotency_key)"  # NULLs never collide
 
 
 class QueueFull(Exception):
@@ -63,6 +78,7 @@ class Job:
     started: float | None
     finished: float | None
     error_type: str | None  # the class name of the ImagegenError a failed job failed with; None for anything else
+    webhook: Webhook | None = None
 
     @property
     def failure_status(self) -> int:
@@ -90,11 +106,27 @@ def request_from_json(text: str) -> GenerationRequest:
 class JobStore:
     """Thread-safe access to the jobs table; one connection, serialised by a lock (SQLite's own model)."""
 
-    def __init__(self, path: Path, *, max_queue: int = 100) -> None:
+    def __init__(self, path: Path, *, max_queue: int = 100,
+                 on_change: Callable[[str], None] = lambda job_id: None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.max_queue = path, max_queue
+        self.on_change = on_change  # after a job's row changed; with ANY_JOB when the queue moved
+        self.writable = True  # False since a write failed for want of space, until one succeeds
         self._lock = threading.Lock()
+        self.created = not path.exists() or path.stat().st_size == 0  # a new store: an empty history
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        try:
+            self._open()
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise StoreDamaged(f"the job store {path} is damaged ({error}); `imagegen serve --repair` moves it aside "
+                               "and rebuilds the finished jobs from the images' embedded parameters") from None
+        self.changed = threading.Condition(self._lock)
+
+    def _open(self) -> None:
+        check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(check)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # an accepted job is on disk before the 202 goes out
         self._db.executescript(_SCHEMA)
@@ -102,22 +134,70 @@ class JobStore:
         for name, kind in _ADDED_COLUMNS.items():
             if name not in present:
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
-        self.changed = threading.Condition(self._lock)
+        self._db.execute(_INDEXES)
+
+    def restore(self, job_id: str, files: list[Path]) -> None:
+        """Record a finished job from its result files (`imagegen serve --repair`): its request is the first file's
+        parameters, each file's seed its own; raises ValueError for a file without parameters."""
+        from imagegen.outputs.metadata import read_parameters
+        from imagegen.parameters import request_from_infotext
+
+        texts = [read_parameters(path) for path in files]
+        if any(text is None for text in texts):
+            raise ValueError(f"{files[texts.index(None)].name} carries no generation parameters")
+        requests = [request_from_infotext(text) for text in texts]
+        request = replace(requests[0], num_images=len(files))
+        results = [{"file": path.name, "seed": each.seed, "infotext": text}
+                   for path, each, text in zip(files, requests, texts)]
+        finished = max(path.stat().st_mtime for path in files)
+        with self._lock:
+            self._db.execute("INSERT INTO jobs (id, created, state, request, results, started, finished) "
+                             "VALUES (?, ?, 'done', ?, ?, ?, ?)",
+                             (job_id, finished, request_to_json(request), json.dumps(results), finished, finished))
+
+    def check_writable(self) -> bool:
+        """After a failed write: whether the store takes writes again, tried with a write larger than a job's (a
+        smaller one might pass where the next job would not)."""
+        if not self.writable:
+            try:
+                with self._lock, self._transaction():
+                    self._db.execute("CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, data BLOB)")
+                    self._db.execute("INSERT OR REPLACE INTO probe VALUES (1, zeroblob(?))", (PROBE_BYTES,))
+            except StorageFull:
+                pass
+        return self.writable
+
+    def close(self) -> None:
+        """Fold the write-ahead log into the database file and close it: a backup of that one file is then whole."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.close()
 
     def requeue_interrupted(self) -> int:
         """Jobs left "running" by a crash go back to the queue (they keep their place: ordered by seq)."""
         with self._lock:
             return self._db.execute("UPDATE jobs SET state='queued', started=NULL WHERE state='running'").rowcount
 
-    def add(self, request: GenerationRequest) -> Job:
-        with self._lock:
-            queued = self._db.execute("SELECT COUNT(*) FROM jobs WHERE state='queued'").fetchone()[0]
-            if queued >= self.max_queue:
-                raise QueueFull(f"the queue holds {queued} jobs, its limit")
-            job_id = uuid.uuid4().hex
-            self._db.execute("INSERT INTO jobs (id, created, state, request) VALUES (?, ?, 'queued', ?)",
-                             (job_id, time.time(), request_to_json(request)))
-            self.changed.notify_all()
+    def add(self, request: GenerationRequest, *, idempotency_key: str | None = None,
+            webhook: Webhook | None = None) -> Job:
+        """Queue the request. Under an idempotency key already used, the job made under it instead: a client's retry
+        after a lost answer makes no second job, across restarts (as Stripe's Idempotency-Key, the first request
+        made with a key decides its job)."""
+        with self._lock, self._transaction():
+            known = self._db.execute("SELECT id FROM jobs WHERE idempotency_key=?",
+                                     (idempotency_key,)).fetchone() if idempotency_key is not None else None
+            if known is not None:
+                job_id = known[0]
+            else:
+                queued = self._db.execute("SELECT COUNT(*) FROM jobs WHERE state='queued'").fetchone()[0]
+                if queued >= self.max_queue:
+                    raise QueueFull(f"the queue holds {queued} jobs, its limit")
+                job_id = uuid.uuid4().hex
+                self._db.execute("INSERT INTO jobs (id, created, state, request, idempotency_key, webhook) "
+                                 "VALUES (?, ?, 'queued', ?, ?, ?)",
+                                 (job_id, time.time(), request_to_json(request), idempotency_key,
+                                  json.dumps(asdict(webhook)) if webhook else None))
+                self.changed.notify_all()
         return self.get(job_id)
 
     def get(self, job_id: str) -> Job | None:
@@ -174,7 +254,9 @@ class JobStore:
                 if self._db.execute("UPDATE jobs SET state='running', started=? WHERE id=? AND state='queued'",
                                     (now, job_id)).rowcount:
                     started.append(job_id)
+                    self._announce(job_id, "started")
             self.changed.notify_all()
+        self.on_change(ANY_JOB)  # every queued job moved up
         return started
 
     def requeue(self, job_id: str) -> None:
@@ -205,29 +287,100 @@ class JobStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        """Several statements, one commit (one disk sync); the caller holds the lock."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """Several statements, one commit (one disk sync); the caller holds the lock. A full disk is StorageFull."""
         try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            with _storage_errors():
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+        except StorageFull:
+            self.writable = False
             raise
-        self._db.execute("COMMIT")
+        self.writable = True
+
+    def due_deliveries(self, now: float, limit: int = 20) -> list[Delivery]:
+        """Webhook deliveries waiting to be (re)sent, oldest first."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE state='pending' AND due<=? "
+                                    "ORDER BY seq LIMIT ?", (now, limit)).fetchall()
+        return [Delivery(*row) for row in rows]
+
+    def record_delivery(self, seq: int, attempts: int, error: str | None, retry_at: float | None) -> None:
+        """A delivery's try: delivered (no error), pending again until `retry_at`, or given up (no retry_at)."""
+        state = "delivered" if error is None else "pending" if retry_at is not None else "failed"
+        with self._lock:
+            self._db.execute("UPDATE deliveries SET state=?, attempts=?, error=?, due=COALESCE(?, due) WHERE seq=?",
+                             (state, attempts, error, retry_at, seq))
+
+    def deliveries(self, job_id: str) -> list[Delivery]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE job_id=? ORDER BY seq",
+                                    (job_id,)).fetchall()
+        return [Delivery(*row) for row in rows]
+
+    def _announce(self, job_id: str, event: str) -> None:
+        """Queue the job's webhook delivery for `event`, if it asked for one; in the caller's lock and transaction,
+        so that the change and its delivery are stored together."""
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row[-1] is None:  # no webhook (and a request this version cannot read may be the reason of the change)
+            return
+        job = _job(row)
+        if event in job.webhook.events:
+            self._db.execute("INSERT INTO deliveries (job_id, event, url, payload, due) VALUES (?, ?, ?, ?, ?)",
+                             (job_id, event, job.webhook.url, payload(event, job), time.time()))
 
     def _transition(self, job_id: str, before: str, after: str, **columns: Any) -> bool:
         assignments = ", ".join(f"{name}=?" for name in columns)
-        with self._lock:
+        with self._lock, self._transaction():
             changed = self._db.execute(
                 f"UPDATE jobs SET state=?{', ' + assignments if assignments else ''} WHERE id=? AND state=?",
                 (after, *columns.values(), job_id, before)).rowcount
+            if changed and after in FINISHED:
+                self._announce(job_id, "finished")
             self.changed.notify_all()
+        if changed:
+            self.on_change(ANY_JOB if before == "queued" else job_id)  # a job leaving the queue moves the others
         return bool(changed)
 
 
-_COLUMNS = "id, created, state, request, results, error, started, finished, error_type"
+_COLUMNS = "id, created, state, request, results, error, started, finished, error_type, webhook"
+PROBE_BYTES = 64 * 1024  # several times a stored job with its results
+_DELIVERY_COLUMNS = "seq, job_id, event, url, payload, state, attempts, due, error"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One webhook call of a job's event, and how its tries went."""
+
+    seq: int
+    job_id: str
+    event: str
+    url: str
+    payload: str
+    state: str  # pending, delivered or failed (given up)
+    attempts: int
+    due: float
+    error: str | None
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """SQLite's "database or disk is full" and failing writes as StorageFull (507 with Retry-After), not a 500."""
+    try:
+        yield
+    except sqlite3.OperationalError as error:
+        if any(sign in str(error) for sign in ("full", "disk I/O", "readonly")):
+            raise StorageFull(f"the server's disk is full or cannot be written ({error}); nothing was stored") \
+                from None
+        raise
 
 
 def _job(row: tuple) -> Job:
-    job_id, created, state, request, results, error, started, finished, error_type = row
+    job_id, created, state, request, results, error, started, finished, error_type, webhook = row
+    hook = json.loads(webhook) if webhook else None
     return Job(job_id, created, state, request_from_json(request), json.loads(results), error, started, finished,
-               error_type)
+               error_type, Webhook(hook["url"], tuple(hook["events"])) if hook else None)

@@ -14,7 +14,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
 from imagegen.errors import InvalidRequest
-from imagegen.server.service import ServerSettings
+from imagegen.server.service import STORE_NAME, ServerSettings
 
 if TYPE_CHECKING:
     from imagegen.engine import Engine
@@ -37,16 +37,24 @@ def serve(settings: ServerSettings) -> None:
 
     from imagegen.engine import Engine, EngineOptions
     from imagegen.server.app import create_app
+    from imagegen.server.connections import KEEP_ALIVE_S, HeaderTimeoutH11Protocol
+    from imagegen.server.repair import repair
     from imagegen.server.service import Service
 
     check_exposure(settings)
     lock = _lock_data_dir(settings.data_dir)  # noqa: F841 - held for the life of the process
     _log_to_stderr()
     engine = Engine(EngineOptions(device=settings.device, dtype=settings.dtype, offload=settings.offload,
-                                  lora_names_only=True, attention=settings.attention))
+                                  lora_names_only=True, attention=settings.attention, threads=settings.threads))
     for line in startup_lines(settings, engine):
         log.info(line)
+    if settings.repair:
+        repair(settings.data_dir / STORE_NAME, settings.images_dir).close()
     service = Service(settings, engine)
+    results = sum(1 for _ in settings.images_dir.glob("*")) if settings.images_dir.is_dir() else 0
+    if service.store.created and results:
+        log.warning("warning: a new, empty job store beside %d result file(s) in %s: the history starts empty "
+                    "(`imagegen serve --repair` rebuilds it from them)", results, settings.images_dir)
 
     class Server(uvicorn.Server):
         """uvicorn turns SIGTERM into a graceful shutdown (no new requests, open ones drain, then the app's
@@ -59,8 +67,14 @@ def serve(settings: ServerSettings) -> None:
     # uvicorn ends its graceful shutdown by raising the signal again, for the signal's default action (status
     # -15); a shutdown that was asked for and went well exits 0 instead.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    Server(uvicorn.Config(create_app(service), host=settings.host, port=settings.port, log_level="warning",
-                          limit_concurrency=256, timeout_graceful_shutdown=2 * settings.shutdown_grace_s)).run()
+    service.courier.start()
+    try:
+        Server(uvicorn.Config(create_app(service), host=settings.host, port=settings.port, log_level="warning",
+                              http=HeaderTimeoutH11Protocol, timeout_keep_alive=KEEP_ALIVE_S,
+                              timeout_graceful_shutdown=2 * settings.shutdown_grace_s)).run()
+    finally:
+        service.courier.stop()
+        service.store.close()  # the write-ahead log folded in: the database file alone is a whole backup
 
 
 def startup_lines(settings: ServerSettings, engine: Engine) -> list[str]:

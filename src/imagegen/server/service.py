@@ -4,22 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from imagegen.errors import InvalidRequest
+from imagegen.errors import ImagegenError, InvalidRequest
 from imagegen.models.loras import find_lora_file
 from imagegen.options import DEFAULT_RECIPE, OPTIONS
 from imagegen.prompts.lora_tags import LoraSpec
 from imagegen.recipes import get_recipe
 from imagegen.request import GenerationRequest
+from imagegen.server.changes import ChangeFeed, wait_for
 from imagegen.server.inputs import checked_model, discard_inputs, store_image
 from imagegen.server.jobs import FINISHED, Job, JobStore
 from imagegen.server.metrics import Metrics
+from imagegen.server.webhooks import Courier, Webhook, WebhookPolicy, load_secret
 from imagegen.server.worker import Worker
 
 IMAGE_FIELDS = ("init_image", "mask_image", "control_image")
+IDEMPOTENCY_HEADER = "idempotency-key"  # on every submitting route: a retry gets the first job again
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+STORE_NAME = "jobs.sqlite3"  # in the data folder
+CHANGE_WAIT_S = 1.0  # a waiter reads its job at least this often (a stop is no job change)
 _OPTIONS = {f.name for f in fields(GenerationRequest)} - {"prompt", "recipe", "loras", *IMAGE_FIELDS}
 
 
@@ -41,6 +53,11 @@ class ServerSettings:
     dtype: str = "auto"
     offload: str = "auto"
     attention: str = "auto"
+    threads: int | None = None  # torch's CPU threads; None: torch's default
+    webhook_allow: tuple[str, ...] = ()  # hosts, addresses or networks that job webhooks may call; none: no webhooks
+    repair: bool = False  # move a damaged job store aside and rebuild it from the result files, then serve
+    min_free_bytes: int = 256 * 2**20  # below this free space in the data folder, /ready says no
+    wait_timeout_s: float = 1800.0  # the longest an OpenAI or A1111 call waits for its job (it runs on regardless)
     warm: tuple[str, ...] = ()  # RECIPE or RECIPE:FAST (warm_requests): run once before /ready says yes
 
     @property
@@ -52,18 +69,42 @@ class ServerSettings:
         return self.data_dir / "inputs"
 
 
+class JobStillRunning(ImagegenError):
+    """A synchronous call's job did not finish within the server's wait limit."""
+
+    http_status = 504
+    retry_after_s = 30
+
+
 class ServerStopping(Exception):
     """The server is shutting down before a job that a synchronous request waits for could run."""
+
+
+@contextmanager
+def _overlong_names_refused() -> Iterator[None]:
+    """A model or LoRA name is looked up on disk: one longer than the file system takes (a part over 255 bytes) is the
+    request's fault, a 422, not the server's 500 (issue 13). The message names no path of the server's."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG:
+            raise
+        raise InvalidRequest("a model or LoRA name is longer than a file name may be; name a shorter one") from None
 
 
 class Service:
     def __init__(self, settings: ServerSettings, engine: Any) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.store = JobStore(settings.data_dir / "jobs.sqlite3", max_queue=settings.max_queue)
+        self.changes = ChangeFeed()
+        self.store = JobStore(settings.data_dir / STORE_NAME, max_queue=settings.max_queue,
+                              on_change=self.changes.notify)
         self.worker = Worker(engine, self.store, settings.images_dir, self.metrics, max_batch=settings.max_batch,
-                             warm=warm_requests(settings.warm))
+                             warm=warm_requests(settings.warm), on_progress=self.changes.notify)
+        self.webhooks = WebhookPolicy(settings.webhook_allow)
+        self.courier = Courier(self.store, load_secret(settings.data_dir / "webhook-secret"))
 
+    @_overlong_names_refused()
     def request_from_options(self, options: dict[str, Any]) -> GenerationRequest:
         """A resolved request from an API's options (GenerationRequest's names); images are base64 or bytes.
 
@@ -103,8 +144,25 @@ class Service:
             raise
         return resolved
 
-    def submit(self, request: GenerationRequest) -> Job:
-        return self.store.add(request)
+    def submit(self, request: GenerationRequest, idempotency_key: str | None = None,
+               webhook: Webhook | None = None) -> Job:
+        """Queue a resolved request; a retry with the same Idempotency-Key gets the first job again."""
+        if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            raise InvalidRequest("Idempotency-Key: 1 to 255 printable ASCII characters (a UUID, say)")
+        if webhook is not None:
+            self.webhooks.check(webhook)
+        return self.store.add(request, idempotency_key=idempotency_key, webhook=webhook)
+
+    def not_ready(self) -> str | None:
+        """Why the server cannot take jobs now (None: it can): /ready's answer, for load balancers."""
+        if not (self.worker.ready.is_set() and self.worker.is_alive()):
+            return "the worker is starting (or has stopped)"
+        if not self.store.check_writable() or self.worker.unrecorded:
+            return "the job store cannot be written (a full disk?)"
+        free = shutil.disk_usage(self.settings.data_dir).free
+        if free < self.settings.min_free_bytes:
+            return f"{free // 2**20} MiB free in the data folder, under {self.settings.min_free_bytes // 2**20} MiB"
+        return None
 
     def preview(self, job: Job) -> tuple[int, str] | None:
         """(step, base64 JPEG) of the running job's latest live preview; None before the first or when not running."""
@@ -127,19 +185,26 @@ class Service:
             self.worker.cancel(job_id)
         return state
 
-    async def wait(self, job_id: str, *, poll: float = 0.1) -> Job:
-        """The job once finished (for the synchronous OpenAI and A1111 APIs).
+    async def wait(self, job_id: str) -> Job:
+        """The job once finished (for the synchronous OpenAI and A1111 APIs), read again at each of its changes.
 
         Raises ServerStopping if the server stops with the job still queued: the job is cancelled, as its
-        client is told to retry (no orphan job runs after the restart).
+        client is told to retry (no orphan job runs after the restart). Raises JobStillRunning past
+        `wait_timeout_s` (a job stuck behind a full disk must not hold its caller for ever).
         """
+        deadline = time.monotonic() + self.settings.wait_timeout_s
         while True:
-            job = self.store.get(job_id)
+            if time.monotonic() > deadline:
+                raise JobStillRunning(f"job {job_id} has not finished within {self.settings.wait_timeout_s:g} s; it "
+                                      f"goes on: follow it at /v1/jobs/{job_id}")
+            change = self.changes.next_change(job_id)
+            job = await asyncio.to_thread(self.store.get, job_id)
             if job is None or job.state in FINISHED:
+                change.cancel()
                 return job
             if job.state == "queued" and self.worker.stopping and self.store.cancel(job_id) == "cancelled":
                 raise ServerStopping("the server is shutting down; retry later")
-            await asyncio.sleep(poll)
+            await wait_for(change, CHANGE_WAIT_S)
 
     def encoded_image(self, name: str) -> str | None:
         """A result file as base64 (the OpenAI and A1111 APIs return images inline); None if it is gone."""

@@ -14,11 +14,13 @@ import io
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imagegen.errors import Cancelled, ImagegenError
+from imagegen.errors import Cancelled, ImagegenError, StorageFull
+from imagegen.outputs.durable import sync_to_disk
 from imagegen.request import GenerationRequest
 from imagegen.server.inputs import discard_inputs
 from imagegen.server.jobs import Job, JobStore
@@ -42,11 +44,14 @@ class Progress:
 
 class Worker(threading.Thread):
     def __init__(self, engine: Any, store: JobStore, images_dir: Path, metrics: Metrics, *, max_batch: int = 4,
-                 idle_wait: float = 0.5, warm: tuple[GenerationRequest, ...] = ()) -> None:
+                 idle_wait: float = 0.5, warm: tuple[GenerationRequest, ...] = (),
+                 on_progress: Callable[[str], None] = lambda job_id: None) -> None:
         super().__init__(name="imagegen-worker", daemon=True)
         self.engine, self.store, self.images_dir, self.metrics = engine, store, images_dir, metrics
         self.max_batch, self.idle_wait = max_batch, idle_wait
         self.warm = warm  # run once before the worker says ready: loads (and with --fast compile, compiles) them
+        self.on_progress = on_progress  # a running job's step or preview changed (in memory, not in the store)
+        self.unrecorded: list[tuple[str, Callable[[], None]]] = []  # outcomes the store could not take yet
         self.running: dict[str, Progress] = {}  # job id -> live progress, read by the APIs
         self.ready = threading.Event()
         self._stopping = threading.Event()
@@ -110,6 +115,9 @@ class Worker(threading.Thread):
         self.ready.set()
         while not self._stopping.is_set():
             try:
+                if self.unrecorded:  # a full disk: keep what is done, take nothing new until it is written
+                    self._record_again()
+                    continue
                 group = self._next_group()
                 if group:
                     self._run_group(group)
@@ -118,6 +126,24 @@ class Worker(threading.Thread):
             except Exception:  # noqa: BLE001 - a database error must not end the server's only worker
                 log.exception("the worker's loop failed; it goes on")
                 time.sleep(self.idle_wait)
+
+    def _record(self, job_id: str, write: Callable[[], None]) -> None:
+        """Write a job's outcome to the store; when the store cannot be written (a full disk) keep the write and try
+        it again until it goes through: a job never stays "running" for want of its record."""
+        try:
+            write()
+        except StorageFull as error:
+            log.error("job %s: its outcome cannot be recorded (%s); the worker retries and takes no new job", job_id,
+                      error)
+            self.unrecorded.append((job_id, write))
+
+    def _record_again(self) -> None:
+        self._stopping.wait(self.idle_wait)
+        pending, self.unrecorded = self.unrecorded, []
+        for job_id, write in pending:
+            self._record(job_id, write)
+        if not self.unrecorded:
+            log.info("the store can be written again: %d job outcome(s) recorded", len(pending))
 
     def _next_group(self) -> list[Job]:
         """The first queued job and the compatible jobs right behind it, up to max_batch images (not started)."""
@@ -174,8 +200,9 @@ class Worker(threading.Thread):
         live = [self.running[job.id] for job in group]
 
         def on_step(done: int, total: int) -> None:
-            for progress in live:
+            for job, progress in zip(group, live):
                 progress.done, progress.total = done, total
+                self.on_progress(job.id)
             self.metrics.step_seconds.observe((time.perf_counter() - started) / max(done, 1))
             if self._past_deadline():
                 interrupt.set()
@@ -184,6 +211,7 @@ class Worker(threading.Thread):
             encoded = io.BytesIO()
             image.save(encoded, format="JPEG", quality=PREVIEW_JPEG_QUALITY)
             live[0].preview, live[0].preview_step = encoded.getvalue(), done
+            self.on_progress(group[0].id)
 
         try:
             if interrupt.is_set():
@@ -217,11 +245,14 @@ class Worker(threading.Thread):
                 self._fail(job, error, seconds)
 
     def _finish(self, job: Job, outputs: list[Any], seconds: float) -> None:
-        records = []
+        """Write the job's files, sync them and their folder to disk, and only then record it done: a row that says
+        done always has its files, even after a power loss."""
+        records, paths = [], []
         for index, output in enumerate(outputs):
-            path = output.save(self.images_dir / f"{job.id}-{index}")
-            records.append({"file": path.name, "seed": output.seed, "infotext": output.infotext})
-        self.store.finish(job.id, records)
+            paths.append(output.save(self.images_dir / f"{job.id}-{index}"))
+            records.append({"file": paths[-1].name, "seed": output.seed, "infotext": output.infotext})
+        sync_to_disk(paths)
+        self._record(job.id, lambda: self.store.finish(job.id, records))
         _discard_inputs(job)
         self.metrics.jobs.labels("done").inc()
         self.metrics.job_seconds.observe(seconds)
@@ -234,7 +265,7 @@ class Worker(threading.Thread):
         ours = isinstance(error, ImagegenError)
         message = str(error) if ours else f"{type(error).__name__}: {error}"
         log.warning("job %s failed after %.1f s: %s: %s", job.id, seconds, job.request.recipe, message)
-        self.store.fail(job.id, message[:2000], type(error).__name__ if ours else None)
+        self._record(job.id, lambda: self.store.fail(job.id, message[:2000], type(error).__name__ if ours else None))
         _discard_inputs(job)
         self.metrics.jobs.labels("failed").inc()
 
