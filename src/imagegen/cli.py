@@ -76,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (not loopback: needs an API key)")
     srv.add_argument("--port", type=int, default=7860, help="port (7860, as A1111)")
     srv.add_argument("--data-dir", type=Path, default=Path("imagegen-data"), help="jobs database and images")
-    srv.add_argument("--api-key", help="require this key (Bearer token or basic-auth password); or $IMAGEGEN_API_KEY")
+    srv.add_argument("--api-key", help="require this key (Bearer token or basic-auth password); visible in `ps`: "
+                                       "prefer $IMAGEGEN_API_KEY or --api-key-file")
+    srv.add_argument("--api-key-file", type=Path, metavar="PATH", help="read the key from this file")
+    srv.add_argument("--allowed-hosts", action="append", default=[], metavar="NAME",
+                     help="a host name this server answers to besides its loopback names, when it has no key "
+                          "(with --host 0.0.0.0 --insecure: the names LAN clients use); repeatable")
     srv.add_argument("--insecure", action="store_true", help="allow a non-loopback address without an API key")
     srv.add_argument("--max-queue", type=int, default=100, help="queued jobs before requests get 429 (100)")
     srv.add_argument("--max-batch", type=int, default=4, help="images of compatible jobs run in one call (4)")
@@ -249,11 +254,12 @@ def _serve(args: argparse.Namespace) -> int:
     for name, low in (("max_queue", 1), ("max_batch", 1), ("port", 1)):
         if getattr(args, name) < low:
             raise InvalidRequest(f"--{name.replace('_', '-')} must be at least {low}")
-    serve(ServerSettings(data_dir=args.data_dir, host=args.host, port=args.port, api_key=api_key_from(args.api_key),
+    serve(ServerSettings(data_dir=args.data_dir, host=args.host, port=args.port, api_key=api_key_from(args.api_key, args.api_key_file),
                          insecure=args.insecure, max_queue=args.max_queue, max_batch=args.max_batch,
                          models_dir=args.models_dir, device=args.device, dtype=args.dtype, offload=args.offload,
                          attention=args.attention, warm=tuple(args.warm), threads=args.threads,
-                         webhook_allow=tuple(args.webhook_allow), repair=args.repair))
+                         webhook_allow=tuple(args.webhook_allow), repair=args.repair,
+                         allowed_hosts=tuple(args.allowed_hosts)))
     return 0
 
 

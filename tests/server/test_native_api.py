@@ -161,7 +161,7 @@ def test_listening_beyond_loopback_needs_a_key(server_env, tmp_path) -> None:
                              str(tmp_path)], env={**server_env, "IMAGEGEN_API_KEY": ""}, capture_output=True,
                             text=True, timeout=60, check=False)
     assert result.returncode == 2
-    assert "needs an API key (--api-key or $IMAGEGEN_API_KEY); pass --insecure" in result.stderr
+    assert "needs an API key (--api-key-file, $IMAGEGEN_API_KEY or --api-key); pass --insecure" in result.stderr
 
 
 def test_one_server_per_data_folder(server, server_env) -> None:

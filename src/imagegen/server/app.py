@@ -334,7 +334,8 @@ def _limits(service: Service):  # noqa: ANN202 - a FastAPI middleware
 
 
 def _local_names(service: Service) -> set[str]:
-    return {"localhost", "127.0.0.1", "::1", service.settings.host}
+    return {"localhost", "127.0.0.1", "::1", service.settings.host, *(name.lower() for name in
+                                                                     service.settings.allowed_hosts)}
 
 
 class BodyLimit:

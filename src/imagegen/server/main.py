@@ -28,8 +28,8 @@ def check_exposure(settings: ServerSettings) -> None:
     unless the operator says --insecure."""
     if settings.api_key or settings.insecure or _loopback(settings.host):
         return
-    raise InvalidRequest(f"serving on {settings.host} needs an API key (--api-key or ${API_KEY_ENV}); "
-                         "pass --insecure to serve without one")
+    raise InvalidRequest(f"serving on {settings.host} needs an API key (--api-key-file, ${API_KEY_ENV} or "
+                         "--api-key); pass --insecure to serve without one")
 
 
 def serve(settings: ServerSettings) -> None:
@@ -131,8 +131,19 @@ def _lock_data_dir(data_dir: Path) -> TextIO:
     return handle
 
 
-def api_key_from(value: str | None) -> str | None:
-    return value or os.environ.get(API_KEY_ENV) or None
+def api_key_from(value: str | None, file: Path | None = None) -> str | None:
+    """The key from --api-key, else --api-key-file (kept out of `ps`), else $IMAGEGEN_API_KEY; None: no key."""
+    if value:
+        return value
+    if file is not None:
+        try:
+            key = file.read_text().strip()
+        except OSError as error:
+            raise InvalidRequest(f"--api-key-file {file}: {error.strerror or error}") from None
+        if not key:
+            raise InvalidRequest(f"--api-key-file {file} is empty")
+        return key
+    return os.environ.get(API_KEY_ENV) or None
 
 
 def _loopback(host: str) -> bool:

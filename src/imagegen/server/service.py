@@ -57,6 +57,7 @@ class ServerSettings:
     webhook_allow: tuple[str, ...] = ()  # hosts, addresses or networks that job webhooks may call; none: no webhooks
     repair: bool = False  # move a damaged job store aside and rebuild it from the result files, then serve
     min_free_bytes: int = 256 * 2**20  # below this free space in the data folder, /ready says no
+    allowed_hosts: tuple[str, ...] = ()  # Host names served without a key besides the loopback ones
     wait_timeout_s: float = 1800.0  # the longest an OpenAI or A1111 call waits for its job (it runs on regardless)
     warm: tuple[str, ...] = ()  # RECIPE or RECIPE:FAST (warm_requests): run once before /ready says yes
 
