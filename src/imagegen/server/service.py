@@ -101,7 +101,7 @@ class Service:
         self.store = JobStore(settings.data_dir / STORE_NAME, max_queue=settings.max_queue,
                               on_change=self.changes.notify)
         self.worker = Worker(engine, self.store, settings.images_dir, self.metrics, max_batch=settings.max_batch,
-                             warm=warm_requests(settings.warm), on_progress=self.changes.notify)
+                             warm=warm_requests(settings.warm), on_progress=self.changes.notify_progress)
         self.webhooks = WebhookPolicy(settings.webhook_allow)
         self.courier = Courier(self.store, load_secret(settings.data_dir / "webhook-secret"))
 
@@ -198,7 +198,7 @@ class Service:
             if time.monotonic() > deadline:
                 raise JobStillRunning(f"job {job_id} has not finished within {self.settings.wait_timeout_s:g} s; it "
                                       f"goes on: follow it at /v1/jobs/{job_id}")
-            change = self.changes.next_change(job_id)
+            change = self.changes.next_change(job_id, progress=False)  # its end, not its steps
             job = await asyncio.to_thread(self.store.get, job_id)
             if job is None or job.state in FINISHED:
                 change.cancel()
