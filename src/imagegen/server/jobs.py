@@ -325,10 +325,11 @@ class JobStore:
     def _announce(self, job_id: str, event: str) -> None:
         """Queue the job's webhook delivery for `event`, if it asked for one; in the caller's lock and transaction,
         so that the change and its delivery are stored together."""
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone()
-        if row[-1] is None:  # no webhook (and a request this version cannot read may be the reason of the change)
+        # Most jobs have no webhook: one small read decides, before the row (and its request) is read whole. A
+        # request this version cannot read may be why the job changed: it is never read here without a webhook.
+        if self._db.execute("SELECT webhook FROM jobs WHERE id=?", (job_id,)).fetchone()[0] is None:
             return
-        job = _job(row)
+        job = _job(self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone())
         if event in job.webhook.events:
             self._db.execute("INSERT INTO deliveries (job_id, event, url, payload, due) VALUES (?, ?, ?, ?, ?)",
                              (job_id, event, job.webhook.url, payload(event, job), time.time()))
