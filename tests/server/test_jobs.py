@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from dataclasses import replace
 
 import pytest
@@ -72,3 +73,33 @@ def test_an_idempotency_key_gives_its_first_job_again_across_restarts(tmp_path) 
     assert [job.id for job in store.list()] == [first.id]  # one job; and a full queue refuses only a new one
     with pytest.raises(QueueFull):
         store.add(request, idempotency_key="client-43")
+
+
+def test_jobs_added_at_once_share_commits_and_each_gets_its_own_outcome(tmp_path) -> None:
+    """64 threads add at once: the grouped commits store every job once, in one queue order, and the bound is
+    exact within a group (the jobs past it get QueueFull, the others are stored); a repeated key is one job."""
+    store = JobStore(tmp_path / "jobs.sqlite3", max_queue=50)
+    outcomes: list = [None] * 64
+    start = threading.Barrier(64)
+
+    def add(index: int) -> None:
+        start.wait()
+        try:
+            outcomes[index] = store.add(replace(REQUEST, seed=index), idempotency_key=f"key-{index % 60}")
+        except QueueFull as error:
+            outcomes[index] = error
+
+    threads = [threading.Thread(target=add, args=(index,)) for index in range(64)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    jobs = [outcome for outcome in outcomes if not isinstance(outcome, QueueFull)]
+    stored = store.list(limit=100)
+    assert len(stored) == 50 == len({job.id for job in jobs}) and store.counts()["queued"] == 50
+    assert sum(isinstance(outcome, QueueFull) for outcome in outcomes) == 64 - len(jobs)
+    by_key = {}
+    for index, outcome in enumerate(outcomes):
+        if not isinstance(outcome, QueueFull):
+            assert by_key.setdefault(index % 60, outcome.id) == outcome.id  # the same key, the same job
+            assert store.get(outcome.id).request.seed == outcome.request.seed

@@ -23,6 +23,7 @@ from PIL import Image
 
 from imagegen.errors import Cancelled
 from imagegen.request import GenerationRequest
+from imagegen.server.arrivals import Arrivals
 from imagegen.server.jobs import FINISHED, JobStore
 from imagegen.server.metrics import Metrics
 from imagegen.server.worker import Worker
@@ -203,12 +204,14 @@ class ScriptedOutput:
     def __init__(self, seed: int, prompt: str) -> None:
         self.seed, self.infotext, self.prompt = seed, prompt, prompt
 
-    def save(self, stem: Path) -> Path:
+    def save_encoded(self, stem: Path) -> tuple[Path, bytes]:
         path = stem.with_suffix(".txt")
         if self.prompt == "unsaveable":
             raise OSError(28, "No space left on device")
+        if self.prompt.startswith("slow-to-write"):
+            time.sleep(0.5)
         path.write_text(self.prompt)
-        return path
+        return path, self.prompt.encode()
 
 
 @pytest.fixture
@@ -216,12 +219,14 @@ def queue(tmp_path: Path) -> Iterator[Callable[..., tuple[JobStore, Worker]]]:
     """`queue(engine, *prompts)`: a store holding those jobs (in that order) and a started worker."""
     workers: list[Worker] = []
 
-    def make(engine: ScriptedEngine, *prompts: str, max_batch: int = 4) -> tuple[JobStore, Worker]:
+    def make(engine: ScriptedEngine, *prompts: str, max_batch: int = 4,
+             arrivals: Arrivals | None = None) -> tuple[JobStore, Worker]:
         store = JobStore(tmp_path / "jobs.sqlite3")
         for seed, prompt in enumerate(prompts):
             store.add(GenerationRequest(prompt=prompt, recipe="digits", seed=seed))
         (tmp_path / "images").mkdir(exist_ok=True)
-        workers.append(Worker(engine, store, tmp_path / "images", Metrics(), max_batch=max_batch, idle_wait=0.01))
+        workers.append(Worker(engine, store, tmp_path / "images", Metrics(), max_batch=max_batch, idle_wait=0.01,
+                              arrivals=arrivals))
         workers[-1].start()
         return store, workers[-1]
 
@@ -304,3 +309,40 @@ def test_a_job_is_done_only_after_its_files_and_their_folder_reach_the_disk(queu
     file = tmp_path / "images" / job.results[0]["file"]
     assert events == [("fsync", str(file)), ("fsync", str(tmp_path / "images")), ("done", file.name)]
     assert file.read_text() == "a"
+
+
+def test_the_next_call_runs_while_the_last_ones_files_are_written(queue) -> None:
+    """Results are written on their own thread: the second call starts before the first's files are on disk, and
+    each job is done with its own file; the files' bytes are kept for the APIs that answer them inline."""
+    engine = ScriptedEngine()
+    store, worker = queue(engine, "slow-to-write", "b", max_batch=1)
+    assert [state for state, _ in outcomes(store)] == ["done", "done"]
+    first, second = sorted(store.list(), key=lambda job: job.created)
+    assert second.started < first.finished, "the second call started only once the first was recorded"
+    assert worker.kept.take(first.results[0]["file"]) == b"slow-to-write"
+    assert worker.kept.take(first.results[0]["file"]) is None  # answered once; later asks read the file
+
+
+def test_a_call_with_room_waits_a_moment_for_jobs_on_their_way(queue) -> None:
+    """Three clients arrive together; their jobs reach the queue 5 ms apart: one call, not a call for the first job
+    alone and one for the others."""
+    arrivals = Arrivals()
+    engine = ScriptedEngine()
+    store, _ = queue(engine, arrivals=arrivals)
+    ready = threading.Barrier(3)
+
+    def client(prompt: str, delay: float) -> None:
+        with arrivals.arriving():
+            ready.wait()
+            time.sleep(delay)
+            store.add(GenerationRequest(prompt=prompt, recipe="digits", seed=1))
+            arrivals.stored()
+
+    clients = [threading.Thread(target=client, args=(prompt, delay))
+               for prompt, delay in (("a", 0), ("b", 0.005), ("c", 0.01))]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join()
+    assert [state for state, _ in outcomes(store)] == ["done"] * 3
+    assert engine.calls == [["a", "b", "c"]] and arrivals.pending == 0

@@ -6,6 +6,7 @@ checked against the classes before any model loads (no torch, no diffusers).
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -18,10 +19,21 @@ def labels_from(id2label: dict[str, str] | None) -> dict[str, int]:
 def classes_in(folder: Path) -> tuple[dict[str, int], int] | None:
     """(name -> class id, number of classes) of the DiT pipeline in `folder`: model_index.json's id2label and the
     transformer's `num_embeds_ada_norm` (its class embedding's size, the null class excluded); None when the folder
-    does not say both."""
+    does not say both. Read again only when a file changes: the server checks every request's prompt."""
+    files = (folder / "model_index.json", folder / "transformer" / "config.json")
     try:
-        index = json.loads((folder / "model_index.json").read_text())
-        transformer = json.loads((folder / "transformer" / "config.json").read_text())
+        versions = tuple(path.stat().st_mtime_ns for path in files)
+    except OSError:
+        return None
+    return _classes_in(*files, versions)
+
+
+@functools.lru_cache(maxsize=16)
+def _classes_in(index_file: Path, transformer_file: Path,
+                versions: tuple[int, ...]) -> tuple[dict[str, int], int] | None:  # noqa: ARG001 - the cache's key
+    try:
+        index = json.loads(index_file.read_text())
+        transformer = json.loads(transformer_file.read_text())
     except (OSError, ValueError):
         return None
     num_classes = transformer.get("num_embeds_ada_norm")

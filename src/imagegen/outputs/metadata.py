@@ -14,6 +14,7 @@ lives in a file follows `save_image`/`read_info_from_image` (modules/images.py).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -143,10 +144,22 @@ def save_image(
     Raises ValueError for an unknown format, a suffix that contradicts `image_format`, or a
     quality outside 0..100.
     """
+    return save_image_encoded(image, path, infotext, image_format=image_format, quality=quality)[0]
+
+
+def save_image_encoded(image: Image.Image, path: Path, infotext: str, *, image_format: str | None = None,
+                       quality: int = 95) -> tuple[Path, bytes]:
+    """save_image, also returning the bytes written (the server answers base64 from them, not from the disk)."""
     image_format, path = _resolve_format(path, image_format)
+    data = encode_image(image, infotext, image_format, quality=quality)
+    write_file(path, data)
+    return path, data
+
+
+def encode_image(image: Image.Image, infotext: str, image_format: str, *, quality: int = 95) -> bytes:
+    """The file's bytes in memory, as save_image writes them."""
     if not 0 <= quality <= 100:
         raise ValueError(f"quality must be between 0 and 100, got {quality}")
-
     options: dict[str, object] = {}
     if image_format == "png":
         png_info = PngImagePlugin.PngInfo()
@@ -158,10 +171,15 @@ def save_image(
         if image_format == "jpeg" and image.mode not in ("RGB", "L"):
             # JPEG holds neither alpha nor a palette; A1111 drops RGBA's alpha the same way.
             image = image.convert("RGB")
+    encoded = io.BytesIO()
+    image.save(encoded, format=_PIL_FORMATS[image_format], **options)
+    return encoded.getvalue()
 
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write `data` aside and rename (write_aside), creating the parent folders."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_aside(path, lambda partial: image.save(partial, format=_PIL_FORMATS[image_format], **options))
-    return path
+    write_aside(path, lambda partial: partial.write_bytes(data))
 
 
 def write_aside(path: Path, write: Callable[[Path], object]) -> None:

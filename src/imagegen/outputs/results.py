@@ -23,11 +23,15 @@ class GeneratedImage:
 
     def save(self, path: str | Path) -> Path:
         """Write the image with its infotext embedded, in the request's output format."""
+        return self.save_encoded(path)[0]
+
+    def save_encoded(self, path: str | Path) -> tuple[Path, bytes | None]:
+        """save(), also returning the file's bytes (which the server answers inline without reading them back)."""
         from imagegen.errors import OutputError
-        from imagegen.outputs.metadata import save_image
+        from imagegen.outputs.metadata import save_image_encoded
 
         try:
-            return save_image(self.image, Path(path), self.infotext, image_format=self.request.output_format)
+            return save_image_encoded(self.image, Path(path), self.infotext, image_format=self.request.output_format)
         except OSError as error:
             raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
 
@@ -47,3 +51,7 @@ class GeneratedVideo:
 
         return save_video(self.frames, Path(path), fps=self.request.fps, infotext=self.infotext,
                           video_format=self.request.output_format)
+
+    def save_encoded(self, path: str | Path) -> tuple[Path, bytes | None]:
+        """save(), and no bytes: a video is answered from its file."""
+        return self.save(path), None

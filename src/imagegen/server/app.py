@@ -10,7 +10,6 @@ from collections.abc import Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import asdict, fields
 from typing import Any, get_type_hints
-from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import (
@@ -28,6 +27,7 @@ from starlette.requests import ClientDisconnect
 from imagegen.errors import ImagegenError, InvalidRequest
 from imagegen.options import OPTIONS
 from imagegen.request import GenerationRequest
+from imagegen.server.arrivals import CountArrivals
 from imagegen.server.bodies import (
     json_body,
     media_type_of,
@@ -35,6 +35,7 @@ from imagegen.server.bodies import (
     validation_message,
 )
 from imagegen.server.changes import wait_for
+from imagegen.server.gate import RequestGate
 from imagegen.server.jobs import FINISHED, Job, QueueFull
 from imagegen.server.service import (
     CHANGE_WAIT_S,
@@ -99,10 +100,9 @@ def create_app(service: Service) -> FastAPI:
     # No /docs, /redoc or /openapi.json: Swagger's page loads from a CDN, and the schema is not the key-free kind.
     app = FastAPI(title="imagegen", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
-    # BodyLimit inside _limits: its 413 must be sent before the error leaves the endpoint's task, since _limits (a
-    # BaseHTTPMiddleware) hands errors on wrapped in an ExceptionGroup, which BodyLimit would not recognise.
-    app.add_middleware(BodyLimit, limit=service.settings.max_body_bytes)
-    app.middleware("http")(_limits(service))
+    app.add_middleware(CountArrivals, arrivals=service.arrivals)  # inside the gate: refused requests never count
+    app.add_middleware(RequestGate, limit=service.settings.max_body_bytes,
+                       local_names=None if service.settings.api_key else _local_names(service))
     app.exception_handler(ImagegenError)(_imagegen_error)
     app.exception_handler(QueueFull)(_queue_full)
     app.exception_handler(ServerStopping)(_server_stopping)
@@ -150,8 +150,8 @@ def create_app(service: Service) -> FastAPI:
         options = await _job_options(request)
         webhook = _webhook(options.pop("webhook", None))
         key = request.headers.get(IDEMPOTENCY_HEADER)
-        job = await asyncio.to_thread(lambda: service.submit(service.request_from_options(options), key, webhook))
-        return job_view(service, job)
+        return await asyncio.to_thread(  # database work: off the event loop
+            lambda: job_view(service, service.submit(service.request_from_options(options), key, webhook)))
 
     @app.get("/v1/jobs", dependencies=[auth])
     def history(offset: int = 0, limit: int = 50) -> dict[str, Any]:
@@ -312,59 +312,9 @@ def _authenticated(service: Service):  # noqa: ANN202 - a FastAPI dependency
     return check
 
 
-def _limits(service: Service):  # noqa: ANN202 - a FastAPI middleware
-    """Body size, and the origin of browser requests: a web page elsewhere must not drive a server on localhost
-    (a browser sends Origin with cross-site requests; same-site pages and non-browser clients pass)."""
-
-    async def middleware(request: Request, call_next):  # noqa: ANN001, ANN202
-        origin = request.headers.get("origin")
-        host = request.headers.get("host", "")
-        if origin and urlsplit(origin).netloc != host:  # "null" (sandboxed frames) included
-            return JSONResponse({"detail": f"requests from {origin} are not accepted"}, status_code=403)
-        if service.settings.api_key is None and urlsplit(f"//{host}").hostname not in _local_names(service):
-            # Without a key, a browser is the only gate: DNS rebinding makes another site's name point here.
-            return JSONResponse({"detail": f"host {host!r} is not this server's name"}, status_code=403)
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > service.settings.max_body_bytes:
-            return JSONResponse({"detail": f"request body over {service.settings.max_body_bytes} bytes"},
-                                status_code=413)
-        return await call_next(request)
-
-    return middleware
-
-
 def _local_names(service: Service) -> set[str]:
     return {"localhost", "127.0.0.1", "::1", service.settings.host, *(name.lower() for name in
                                                                      service.settings.allowed_hosts)}
-
-
-class BodyLimit:
-    """413 once a body grows past the limit, counted as it arrives: a chunked upload has no Content-Length."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        received = 0
-
-        async def counted() -> dict:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await JSONResponse({"detail": f"request body over {self.limit} bytes"}, status_code=413)(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 async def _imagegen_error(request: Request, error: ImagegenError) -> JSONResponse:

@@ -113,6 +113,8 @@ class JobStore:
         self.on_change = on_change  # after a job's row changed; with ANY_JOB when the queue moved
         self.writable = True  # False since a write failed for want of space, until one succeeds
         self._lock = threading.Lock()
+        self._additions: list[_Addition] = []  # jobs waiting for the next grouped commit (add)
+        self._additions_lock = threading.Lock()
         self.created = not path.exists() or path.stat().st_size == 0  # a new store: an empty history
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
@@ -182,23 +184,53 @@ class JobStore:
             webhook: Webhook | None = None) -> Job:
         """Queue the request. Under an idempotency key already used, the job made under it instead: a client's retry
         after a lost answer makes no second job, across restarts (as Stripe's Idempotency-Key, the first request
-        made with a key decides its job)."""
-        with self._lock, self._transaction():
-            known = self._db.execute("SELECT id FROM jobs WHERE idempotency_key=?",
-                                     (idempotency_key,)).fetchone() if idempotency_key is not None else None
-            if known is not None:
-                job_id = known[0]
-            else:
+        made with a key decides its job).
+
+        Commits are grouped: the first caller to get the store commits every job added meanwhile, in one
+        transaction (one disk sync); each caller returns once its own job is on disk."""
+        addition = _Addition(request, idempotency_key, webhook)
+        with self._additions_lock:
+            self._additions.append(addition)
+        with self._lock:
+            if addition.outcome is None:  # no other caller committed it meanwhile
+                self._commit_additions()
+        if isinstance(addition.outcome, Exception):
+            raise addition.outcome
+        return addition.outcome
+
+    def _commit_additions(self) -> None:
+        """Store every pending addition in one transaction; the caller holds the lock."""
+        with self._additions_lock:
+            additions, self._additions = self._additions, []
+        try:
+            with self._transaction():
                 queued = self._db.execute("SELECT COUNT(*) FROM jobs WHERE state='queued'").fetchone()[0]
-                if queued >= self.max_queue:
-                    raise QueueFull(f"the queue holds {queued} jobs, its limit")
-                job_id = uuid.uuid4().hex
-                self._db.execute("INSERT INTO jobs (id, created, state, request, idempotency_key, webhook) "
-                                 "VALUES (?, ?, 'queued', ?, ?, ?)",
-                                 (job_id, time.time(), request_to_json(request), idempotency_key,
-                                  json.dumps(asdict(webhook)) if webhook else None))
-                self.changed.notify_all()
-        return self.get(job_id)
+                for addition in additions:
+                    before = self._db.total_changes
+                    addition.outcome = self._insert(addition, queued)
+                    queued += self._db.total_changes > before  # a new row (not a key's earlier job)
+        except Exception as error:  # nothing of the group was stored  # noqa: BLE001 - each caller raises it
+            for addition in additions:
+                addition.outcome = error
+            return
+        self.changed.notify_all()
+
+    def _insert(self, addition: _Addition, queued: int) -> Job | QueueFull:
+        """The addition's job (the one its idempotency key made before, or a new one); QueueFull if it has no room."""
+        key = addition.idempotency_key
+        known = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key=?", (key,)).fetchone() \
+            if key is not None else None
+        if known is not None:
+            return _job(known)
+        if queued >= self.max_queue:
+            return QueueFull(f"the queue holds {queued} jobs, its limit")
+        job = Job(uuid.uuid4().hex, time.time(), "queued", addition.request, [], None, None, None, None,
+                  addition.webhook)
+        self._db.execute("INSERT INTO jobs (id, created, state, request, idempotency_key, webhook) "
+                         "VALUES (?, ?, 'queued', ?, ?, ?)",
+                         (job.id, job.created, request_to_json(job.request), key,
+                          json.dumps(asdict(job.webhook)) if job.webhook else None))
+        return job
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -351,6 +383,16 @@ class JobStore:
 _COLUMNS = "id, created, state, request, results, error, started, finished, error_type, webhook"
 PROBE_BYTES = 64 * 1024  # several times a stored job with its results
 _DELIVERY_COLUMNS = "seq, job_id, event, url, payload, state, attempts, due, error"
+
+
+@dataclass
+class _Addition:
+    """A job to add, and once committed its outcome: the Job, or the error its caller raises."""
+
+    request: GenerationRequest
+    idempotency_key: str | None
+    webhook: Webhook | None
+    outcome: Job | Exception | None = None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from imagegen.options import DEFAULT_RECIPE, OPTIONS
 from imagegen.prompts.lora_tags import LoraSpec
 from imagegen.recipes import get_recipe
 from imagegen.request import GenerationRequest
+from imagegen.server.arrivals import Arrivals
 from imagegen.server.changes import ChangeFeed, wait_for
 from imagegen.server.inputs import checked_model, discard_inputs, store_image
 from imagegen.server.jobs import FINISHED, Job, JobStore
@@ -100,8 +101,10 @@ class Service:
         self.changes = ChangeFeed()
         self.store = JobStore(settings.data_dir / STORE_NAME, max_queue=settings.max_queue,
                               on_change=self.changes.notify)
+        self.arrivals = Arrivals()
         self.worker = Worker(engine, self.store, settings.images_dir, self.metrics, max_batch=settings.max_batch,
-                             warm=warm_requests(settings.warm), on_progress=self.changes.notify_progress)
+                             warm=warm_requests(settings.warm), on_progress=self.changes.notify_progress,
+                             arrivals=self.arrivals)
         self.webhooks = WebhookPolicy(settings.webhook_allow)
         self.courier = Courier(self.store, load_secret(settings.data_dir / "webhook-secret"))
 
@@ -148,11 +151,14 @@ class Service:
     def submit(self, request: GenerationRequest, idempotency_key: str | None = None,
                webhook: Webhook | None = None) -> Job:
         """Queue a resolved request; a retry with the same Idempotency-Key gets the first job again."""
-        if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
-            raise InvalidRequest("Idempotency-Key: 1 to 255 printable ASCII characters (a UUID, say)")
-        if webhook is not None:
-            self.webhooks.check(webhook)
-        return self.store.add(request, idempotency_key=idempotency_key, webhook=webhook)
+        try:
+            if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+                raise InvalidRequest("Idempotency-Key: 1 to 255 printable ASCII characters (a UUID, say)")
+            if webhook is not None:
+                self.webhooks.check(webhook)
+            return self.store.add(request, idempotency_key=idempotency_key, webhook=webhook)
+        finally:
+            self.arrivals.stored()
 
     def not_ready(self) -> str | None:
         """Why the server cannot take jobs now (None: it can): /ready's answer, for load balancers."""
@@ -208,9 +214,13 @@ class Service:
             await wait_for(change, CHANGE_WAIT_S)
 
     def encoded_image(self, name: str) -> str | None:
-        """A result file as base64 (the OpenAI and A1111 APIs return images inline); None if it is gone."""
-        path = self.image_path(name)
-        return None if path is None else base64.b64encode(path.read_bytes()).decode()
+        """A result file as base64 (the OpenAI and A1111 APIs return images inline), from the bytes the worker kept
+        when it wrote the file, else from the disk; None if it is gone."""
+        data = self.worker.kept.take(name)
+        if data is None:
+            path = self.image_path(name)
+            data = None if path is None else path.read_bytes()
+        return None if data is None else base64.b64encode(data).decode()
 
     def image_path(self, name: str) -> Path | None:
         """A result file by name, never outside the images folder."""

@@ -2,7 +2,9 @@
 
 Jobs of equal Engine.batch_key that wait next to each other in the queue run as one pipeline call (up to
 `max_batch` images); each keeps its own seed, so its images are those it would get alone. A failing call is
-retried job by job, so one bad job fails alone; the worker frees memory and goes on. Cancelling one job of a
+retried job by job, so one bad job fails alone; the worker frees memory and goes on. A call's files are encoded,
+written, synced and recorded on a second thread while the device runs the next call (one call's results at a
+time, so that a slow disk holds the worker back rather than filling the memory). Cancelling one job of a
 batch stops the call: that job is cancelled and the others go back to the queue at their place. A stop lets the
 running call finish within a grace period, else interrupts it and puts its jobs back: no job is ever lost.
 """
@@ -15,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +25,10 @@ from typing import Any
 from imagegen.errors import Cancelled, ImagegenError, StorageFull
 from imagegen.outputs.durable import sync_to_disk
 from imagegen.request import GenerationRequest
+from imagegen.server.arrivals import BATCH_WAIT_S, Arrivals
 from imagegen.server.inputs import discard_inputs
 from imagegen.server.jobs import Job, JobStore
+from imagegen.server.kept import KeptFiles
 from imagegen.server.metrics import Metrics
 
 log = logging.getLogger("imagegen.server")
@@ -45,20 +50,26 @@ class Progress:
 class Worker(threading.Thread):
     def __init__(self, engine: Any, store: JobStore, images_dir: Path, metrics: Metrics, *, max_batch: int = 4,
                  idle_wait: float = 0.5, warm: tuple[GenerationRequest, ...] = (),
-                 on_progress: Callable[[str], None] = lambda job_id: None) -> None:
+                 on_progress: Callable[[str], None] = lambda job_id: None, arrivals: Arrivals | None = None) -> None:
         super().__init__(name="imagegen-worker", daemon=True)
         self.engine, self.store, self.images_dir, self.metrics = engine, store, images_dir, metrics
         self.max_batch, self.idle_wait = max_batch, idle_wait
         self.warm = warm  # run once before the worker says ready: loads (and with --fast compile, compiles) them
         self.on_progress = on_progress  # a running job's step or preview changed (in memory, not in the store)
+        self.arrivals = arrivals  # submissions on their way, which a call with room left waits for a moment
         self.unrecorded: list[tuple[str, Callable[[], None]]] = []  # outcomes the store could not take yet
+        self._unrecorded_lock = threading.Lock()  # the results thread adds to it, the worker retries it
+        self.kept = KeptFiles()  # the latest result files' bytes, for the APIs that answer them inline
         self.running: dict[str, Progress] = {}  # job id -> live progress, read by the APIs
         self.ready = threading.Event()
         self._stopping = threading.Event()
         self._deadline: float | None = None  # time.monotonic() past which a stopping worker interrupts its call
         self._calling: set[str] = set()  # the jobs of the running call
         self._interrupt = threading.Event()  # the running call's: set, it stops at its next step
-        self._lock = threading.Lock()  # running, _calling and _interrupt change together
+        self._lock = threading.Lock()  # running, _calling, _recording and _interrupt change together
+        self._results = ThreadPoolExecutor(1, thread_name_prefix="imagegen-results")
+        self._recording: set[str] = set()  # jobs whose results the results thread has yet to record
+        self._last_results: Future | None = None  # the results thread's latest task
 
     @property
     def stopping(self) -> bool:
@@ -126,6 +137,7 @@ class Worker(threading.Thread):
             except Exception:  # noqa: BLE001 - a database error must not end the server's only worker
                 log.exception("the worker's loop failed; it goes on")
                 time.sleep(self.idle_wait)
+        self._results.shutdown(wait=True)  # the last call's results are recorded before the worker ends
 
     def _record(self, job_id: str, write: Callable[[], None]) -> None:
         """Write a job's outcome to the store; when the store cannot be written (a full disk) keep the write and try
@@ -135,18 +147,30 @@ class Worker(threading.Thread):
         except StorageFull as error:
             log.error("job %s: its outcome cannot be recorded (%s); the worker retries and takes no new job", job_id,
                       error)
-            self.unrecorded.append((job_id, write))
+            with self._unrecorded_lock:
+                self.unrecorded.append((job_id, write))
 
     def _record_again(self) -> None:
         self._stopping.wait(self.idle_wait)
-        pending, self.unrecorded = self.unrecorded, []
+        with self._unrecorded_lock:
+            pending, self.unrecorded = self.unrecorded, []
         for job_id, write in pending:
             self._record(job_id, write)
         if not self.unrecorded:
             log.info("the store can be written again: %d job outcome(s) recorded", len(pending))
 
     def _next_group(self) -> list[Job]:
-        """The first queued job and the compatible jobs right behind it, up to max_batch images (not started)."""
+        """The first queued job and the compatible jobs right behind it, up to max_batch images (not started); with
+        room left and jobs on their way, the group waits up to BATCH_WAIT_S for them."""
+        group = self._queued_group()
+        deadline = time.monotonic() + BATCH_WAIT_S
+        while (group and self.arrivals is not None and self.arrivals.pending
+               and sum(job.request.num_images for job in group) < self.max_batch and time.monotonic() < deadline):
+            self.store.wait_for_work(max(0.0, deadline - time.monotonic()))
+            group = self._queued_group()
+        return group
+
+    def _queued_group(self) -> list[Job]:
         waiting = self.store.queued(limit=self.max_batch)
         if not waiting:
             return []
@@ -177,7 +201,8 @@ class Worker(threading.Thread):
         finally:
             with self._lock:
                 for job in group:
-                    self.running.pop(job.id, None)
+                    if job.id not in self._recording:  # else the results thread forgets it once recorded
+                        self.running.pop(job.id, None)
                 self._calling = set()
 
     def _register(self, group: list[Job]) -> None:
@@ -238,19 +263,37 @@ class Worker(threading.Thread):
                 self._call([job])
             return
         seconds = time.perf_counter() - started
+        if self._last_results is not None:
+            self._last_results.result()  # the previous call's results are recorded: one call's in memory at most
+        with self._lock:
+            self._recording.update(job.id for job in group)
+        self._last_results = self._results.submit(self._record_results, group, results, seconds)
+
+    def _record_results(self, group: list[Job], results: list[list[Any]], seconds: float) -> None:
+        """On the results thread: each job's files written and synced, then the job recorded done (or failed)."""
         for job, outputs in zip(group, results):
             try:
                 self._finish(job, outputs, seconds)
             except Exception as error:  # noqa: BLE001 - a full disk fails this job, not the worker
-                self._fail(job, error, seconds)
+                try:
+                    self._fail(job, error, seconds)
+                except Exception:  # noqa: BLE001 - the job stays running and runs again at the next start
+                    log.exception("job %s: its failure could not be recorded", job.id)
+            finally:
+                with self._lock:
+                    self._recording.discard(job.id)
+                    self.running.pop(job.id, None)
 
     def _finish(self, job: Job, outputs: list[Any], seconds: float) -> None:
         """Write the job's files, sync them and their folder to disk, and only then record it done: a row that says
         done always has its files, even after a power loss."""
         records, paths = [], []
         for index, output in enumerate(outputs):
-            paths.append(output.save(self.images_dir / f"{job.id}-{index}"))
-            records.append({"file": paths[-1].name, "seed": output.seed, "infotext": output.infotext})
+            path, data = output.save_encoded(self.images_dir / f"{job.id}-{index}")
+            paths.append(path)
+            records.append({"file": path.name, "seed": output.seed, "infotext": output.infotext})
+            if data is not None:
+                self.kept.keep(path.name, data)
         sync_to_disk(paths)
         self._record(job.id, lambda: self.store.finish(job.id, records))
         _discard_inputs(job)
