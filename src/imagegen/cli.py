@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--data-dir", type=Path, default=Path("imagegen-data"), help="jobs database and images")
     srv.add_argument("--api-key", help="require this key (Bearer token or basic-auth password); visible in `ps`: "
                                        "prefer $IMAGEGEN_API_KEY or --api-key-file")
-    srv.add_argument("--api-key-file", type=Path, metavar="PATH", help="read the key from this file")
+    srv.add_argument("--api-key-file", type=Path, metavar="PATH",
+                     help="read keys from this file: a bare KEY line is the operator's (sees every job), NAME:KEY "
+                          "lines are users' keys (each sees and cancels only its own jobs)")
     srv.add_argument("--allowed-hosts", action="append", default=[], metavar="NAME",
                      help="a host name this server answers to besides its loopback names, when it has no key "
                           "(with --host 0.0.0.0 --insecure: the names LAN clients use); repeatable")
@@ -248,13 +250,15 @@ def _serve(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
         raise InvalidRequest("serve needs the server extra: pip install 'imagegen[server]'")
-    from imagegen.server.main import api_key_from, serve
+    from imagegen.server.main import api_keys_from, serve
     from imagegen.server.service import ServerSettings
 
     for name, low in (("max_queue", 1), ("max_batch", 1), ("port", 1)):
         if getattr(args, name) < low:
             raise InvalidRequest(f"--{name.replace('_', '-')} must be at least {low}")
-    serve(ServerSettings(data_dir=args.data_dir, host=args.host, port=args.port, api_key=api_key_from(args.api_key, args.api_key_file),
+    operator_key, user_keys = api_keys_from(args.api_key, args.api_key_file)
+    serve(ServerSettings(data_dir=args.data_dir, host=args.host, port=args.port, api_key=operator_key,
+                         user_keys=user_keys,
                          insecure=args.insecure, max_queue=args.max_queue, max_batch=args.max_batch,
                          models_dir=args.models_dir, device=args.device, dtype=args.dtype, offload=args.offload,
                          attention=args.attention, warm=tuple(args.warm), threads=args.threads,

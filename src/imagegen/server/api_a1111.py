@@ -50,7 +50,8 @@ from imagegen.request import GenerationRequest
 from imagegen.server.app import answering_route, retry_after
 from imagegen.server.bodies import json_body, validation_message
 from imagegen.server.jobs import Job
-from imagegen.server.service import IDEMPOTENCY_HEADER, Service
+from imagegen.server.keys import Caller
+from imagegen.server.service import IDEMPOTENCY_HEADER, JOB_ID_HEADER, Service
 from imagegen.version import __version__
 
 AUTOMATIC = "Automatic"  # A1111's schedule type that means "the sampler's own"
@@ -75,6 +76,7 @@ class _A1111Fields(BaseModel):
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool = True
     send_images: bool = True
+    force_task_id: str | None = None  # A1111's: the task's id, chosen by the client (our job id)
 
 
 def _option_fields() -> dict[str, Any]:
@@ -110,8 +112,7 @@ def router(service: Service, auth: Depends) -> APIRouter:
     @api.post("/txt2img")
     async def txt2img(request: Request) -> JSONResponse:
         body = Txt2ImgBody.model_validate(await json_body(request))
-        return await _generate(service, settings, body, request.headers.get(IDEMPOTENCY_HEADER), init_image=None,
-                               mask=None)
+        return await _generate(service, settings, body, request, init_image=None, mask=None)
 
     @api.post("/img2img")
     async def img2img(request: Request) -> JSONResponse:
@@ -120,8 +121,7 @@ def router(service: Service, auth: Depends) -> APIRouter:
             raise InvalidRequest("img2img needs init_images: a list holding one base64 image")
         if len(body.init_images) > 1:
             raise InvalidRequest(f"imagegen takes one init image per request, got {len(body.init_images)}")
-        return await _generate(service, settings, body, request.headers.get(IDEMPOTENCY_HEADER),
-                               init_image=body.init_images[0], mask=body.mask)
+        return await _generate(service, settings, body, request, init_image=body.init_images[0], mask=body.mask)
 
     @api.get("/sd-models")
     def sd_models() -> list[dict[str, Any]]:
@@ -159,29 +159,33 @@ def router(service: Service, auth: Depends) -> APIRouter:
         return JSONResponse({"ignored": sorted(set(options) - {"sd_model_checkpoint"})})
 
     @api.get("/progress")
-    def progress() -> dict[str, Any]:
-        return _progress(service)
+    def progress(request: Request) -> dict[str, Any]:
+        return _progress(service, request.state.caller)
 
     @api.post("/interrupt")
-    def interrupt() -> dict[str, Any]:
-        """Stops what runs now at its next step, as A1111's interrupt does; queued jobs stay queued."""
+    def interrupt(request: Request) -> dict[str, Any]:
+        """Stops what runs now (of the caller's jobs) at its next step, as A1111's interrupt does; queued jobs stay
+        queued."""
         for job_id in list(service.worker.running):
-            service.cancel(job_id)
+            if service.job(job_id, request.state.caller) is not None:
+                service.cancel(job_id)
         return {}
 
     return api
 
 
-async def _generate(service: Service, settings: A1111Options, body: Txt2ImgBody, idempotency_key: str | None, *,
-                    init_image: str | None,
-                    mask: str | None) -> JSONResponse:
+async def _generate(service: Service, settings: A1111Options, body: Txt2ImgBody, http: Request, *,
+                    init_image: str | None, mask: str | None) -> JSONResponse:
     checkpoint = (body.override_settings or {}).get("sd_model_checkpoint")
     recipe = _recipe_for(checkpoint) if checkpoint else _recipe_for(settings.checkpoint)
     options = _request_options(body, recipe, init_image=init_image, mask=mask)
     request = await asyncio.to_thread(service.request_from_options, options)
     if checkpoint and not body.override_settings_restore_afterwards:
         settings.checkpoint = recipe.name
-    job = await service.wait((await asyncio.to_thread(service.submit, request, idempotency_key)).id)
+    job_id = http.headers.get(JOB_ID_HEADER) or body.force_task_id
+    submitted = await asyncio.to_thread(lambda: service.submit(request, http.headers.get(IDEMPOTENCY_HEADER),
+                                                               caller=http.state.caller, job_id=job_id))
+    job = await service.wait(submitted.id)
     if job.state == "failed":
         return _error_response(job.failure_status, job.error_type or "GenerationFailed",
                                job.error or "generation failed")
@@ -339,10 +343,11 @@ def _info(body: Txt2ImgBody, job: Job) -> str:
     return json.dumps(info)
 
 
-def _progress(service: Service) -> dict[str, Any]:
-    """A1111's /progress for the call running now: its steps done of all, and A1111's ETA estimate."""
+def _progress(service: Service, caller: Caller) -> dict[str, Any]:
+    """A1111's /progress for the call running now (if it holds a job of the caller's): its steps done of all, and
+    A1111's ETA estimate."""
     running = dict(service.worker.running)
-    job = next((service.store.get(job_id) for job_id in running), None)
+    job = next((job for job in (service.job(job_id, caller) for job_id in running) if job is not None), None)
     if job is None:
         state = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "", "job_count": 0,
                  "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}

@@ -51,7 +51,7 @@ from imagegen.recipes.base import Recipe
 from imagegen.server.app import RETRY_AFTER_S, answering_route, retry_after
 from imagegen.server.bodies import json_body
 from imagegen.server.jobs import Job, QueueFull
-from imagegen.server.service import IDEMPOTENCY_HEADER, Service
+from imagegen.server.service import IDEMPOTENCY_HEADER, JOB_ID_HEADER, Service
 
 OPENAI_MODEL_PREFIXES = ("dall-e-", "gpt-image-", "chatgpt-image-")  # OpenAI's names: they mean the default recipe
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
@@ -148,8 +148,9 @@ def router(service: Service, auth: Depends) -> APIRouter:
         body = ImageGenerationBody.model_validate(await json_body(request))  # read once the key was checked
         response_format = body.response_format or "b64_json"
         options = generation_options(body)
-        key = request.headers.get(IDEMPOTENCY_HEADER)
-        job = await asyncio.to_thread(lambda: service.submit(service.request_from_options(options), key))
+        key, job_id = request.headers.get(IDEMPOTENCY_HEADER), request.headers.get(JOB_ID_HEADER)
+        job = await asyncio.to_thread(lambda: service.submit(service.request_from_options(options), key,
+                                                             caller=request.state.caller, job_id=job_id))
         finished = await service.wait(job.id)
         content = await asyncio.to_thread(images_response, service, finished, response_format, str(request.base_url))
         return JSONResponse(content, headers={"X-Imagegen-Job": job.id})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from base64 import b64decode
 from collections.abc import Callable, Coroutine
@@ -37,10 +36,12 @@ from imagegen.server.bodies import (
 from imagegen.server.changes import wait_for
 from imagegen.server.gate import RequestGate
 from imagegen.server.jobs import FINISHED, Job, QueueFull
+from imagegen.server.keys import OPERATOR, caller_for
 from imagegen.server.service import (
     CHANGE_WAIT_S,
     IDEMPOTENCY_HEADER,
     IMAGE_FIELDS,
+    JOB_ID_HEADER,
     ServerStopping,
     Service,
 )
@@ -149,36 +150,39 @@ def create_app(service: Service) -> FastAPI:
         multipart/form-data, the images as files named init_image, mask_image, control_image."""
         options = await _job_options(request)
         webhook = _webhook(options.pop("webhook", None))
-        key = request.headers.get(IDEMPOTENCY_HEADER)
+        key, job_id = request.headers.get(IDEMPOTENCY_HEADER), request.headers.get(JOB_ID_HEADER)
         return await asyncio.to_thread(  # database work: off the event loop
-            lambda: job_view(service, service.submit(service.request_from_options(options), key, webhook)))
+            lambda: job_view(service, service.submit(service.request_from_options(options), key, webhook,
+                                                     caller=request.state.caller, job_id=job_id)))
 
     @app.get("/v1/jobs", dependencies=[auth])
-    def history(offset: int = 0, limit: int = 50) -> dict[str, Any]:
-        """A page of the history, newest first; offset and limit are clamped to what the store can answer."""
+    def history(request: Request, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+        """A page of the history (the caller's jobs; the operator's: every job), newest first; offset and limit are
+        clamped to what the store can answer."""
         offset, limit = max(0, min(offset, MAX_HISTORY_OFFSET)), max(1, min(limit, MAX_HISTORY_LIMIT))
-        return {"jobs": [job_view(service, job) for job in service.store.list(offset=offset, limit=limit)],
+        jobs = service.store.list(offset=offset, limit=limit, owner=request.state.caller.name)
+        return {"jobs": [job_view(service, job) for job in jobs],
                 "offset": offset, "limit": limit}
 
     @app.get("/v1/jobs/{job_id}", dependencies=[auth])
-    def job(job_id: str) -> dict[str, Any]:
-        return job_view(service, _existing(service, job_id))
+    def job(job_id: str, request: Request) -> dict[str, Any]:
+        return job_view(service, _existing(service, job_id, request))
 
     @app.delete("/v1/jobs/{job_id}", dependencies=[auth])
-    def cancel(job_id: str) -> dict[str, Any]:
-        _existing(service, job_id)
+    def cancel(job_id: str, request: Request) -> dict[str, Any]:
+        _existing(service, job_id, request)
         service.cancel(job_id)
-        return job_view(service, _existing(service, job_id))
+        return job_view(service, _existing(service, job_id, request))
 
     @app.get("/v1/jobs/{job_id}/events", dependencies=[auth])
-    async def events(job_id: str) -> StreamingResponse:
-        _existing(service, job_id)
+    async def events(job_id: str, request: Request) -> StreamingResponse:
+        await asyncio.to_thread(_existing, service, job_id, request)
         return StreamingResponse(_event_stream(service, job_id), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
     @app.get("/v1/images/{name}", dependencies=[auth])
-    def image(name: str) -> FileResponse:
-        path = service.image_path(name)
+    def image(name: str, request: Request) -> FileResponse:
+        path = service.image_path(name, request.state.caller)
         if path is None:
             raise HTTPException(404, f"no image {name!r}")
         return FileResponse(path)
@@ -281,19 +285,23 @@ def answering_route(answer: Callable[[Exception], Response | None]) -> type[APIR
     return AnsweringRoute
 
 
-def _existing(service: Service, job_id: str) -> Job:
-    job = service.store.get(job_id)
+def _existing(service: Service, job_id: str, request: Request) -> Job:
+    """The job, if the caller may see it; a job of another user's is as absent as one that never was."""
+    job = service.job(job_id, request.state.caller)
     if job is None:
         raise HTTPException(404, f"no job {job_id!r}")
     return job
 
 
 def _authenticated(service: Service):  # noqa: ANN202 - a FastAPI dependency
-    """Bearer tokens (OpenAI's clients) and HTTP basic auth with the key as password (A1111's --api-auth)."""
-    key = service.settings.api_key
+    """Bearer tokens (OpenAI's clients) and HTTP basic auth with the key as password (A1111's --api-auth). The caller
+    the key names goes to `request.state.caller`, which the routes read (never defaulted: a route without the check
+    fails rather than show every job)."""
+    settings = service.settings
 
     def check(request: Request) -> None:
-        if key is None:
+        if not settings.keyed:
+            request.state.caller = OPERATOR
             return
         header = request.headers.get("authorization", "")
         scheme, _, credentials = header.partition(" ")
@@ -305,9 +313,11 @@ def _authenticated(service: Service):  # noqa: ANN202 - a FastAPI dependency
                 given = b64decode(credentials).decode().partition(":")[2]
             except (ValueError, UnicodeDecodeError):
                 given = ""
-        if not hmac.compare_digest(given.encode(), key.encode()):
+        caller = caller_for(given, settings.api_key, settings.user_keys)
+        if caller is None:
             raise HTTPException(401, "a valid API key is needed (Authorization: Bearer KEY)",
                                 headers={"WWW-Authenticate": 'Bearer, Basic realm="imagegen"'})
+        request.state.caller = caller
 
     return check
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from imagegen.errors import Cancelled, StorageFull, StoreDamaged, error_class
+from imagegen.errors import Cancelled, ImagegenError, StorageFull, StoreDamaged, error_class
 from imagegen.prompts.lora_tags import LoraSpec
 from imagegen.request import GenerationRequest
 from imagegen.server.changes import ANY_JOB
@@ -59,12 +59,24 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, due);
 """
 # Columns added after the first release, with their type. Every database gets them at start-up, a new one too, so
 # that the table has one history: ALTER TABLE ADD COLUMN keeps an older database's rows, which read NULL.
-_ADDED_COLUMNS = {"error_type": "TEXT", "idempotency_key": "TEXT", "webhook": "TEXT"}
-_INDEXES = "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key ON jobs (idempotency_key)"  # NULLs never collide
+_ADDED_COLUMNS = {"error_type": "TEXT", "idempotency_key": "TEXT", "webhook": "TEXT", "owner": "TEXT"}
+# A key is its owner's (keys.py): two users' equal keys are two jobs. The operator's jobs have no owner (NULL, which
+# a plain unique index never finds equal), hence COALESCE. Jobs without a key (NULL) never collide.
+_INDEXES = """
+DROP INDEX IF EXISTS jobs_idempotency_key;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_idempotency_key ON jobs (COALESCE(owner, ''), idempotency_key);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq);
+"""
 
 
 class QueueFull(Exception):
     """The bounded queue has no room; the client should retry later."""
+
+
+class JobIdTaken(ImagegenError):
+    """A client-chosen job id that another caller's job has."""
+
+    http_status = 409
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,7 @@ class Job:
     finished: float | None
     error_type: str | None  # the class name of the ImagegenError a failed job failed with; None for anything else
     webhook: Webhook | None = None
+    owner: str | None = None  # the user whose key made it (keys.py); None: the operator's, or a server without keys
 
     @property
     def failure_status(self) -> int:
@@ -136,7 +149,7 @@ class JobStore:
         for name, kind in _ADDED_COLUMNS.items():
             if name not in present:
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
-        self._db.execute(_INDEXES)
+        self._db.executescript(_INDEXES)
 
     def restore(self, job_id: str, files: list[Path]) -> None:
         """Record a finished job from its result files (`imagegen serve --repair`): its request is the first file's
@@ -180,15 +193,16 @@ class JobStore:
         with self._lock:
             return self._db.execute("UPDATE jobs SET state='queued', started=NULL WHERE state='running'").rowcount
 
-    def add(self, request: GenerationRequest, *, idempotency_key: str | None = None,
-            webhook: Webhook | None = None) -> Job:
-        """Queue the request. Under an idempotency key already used, the job made under it instead: a client's retry
-        after a lost answer makes no second job, across restarts (as Stripe's Idempotency-Key, the first request
-        made with a key decides its job).
+    def add(self, request: GenerationRequest, *, idempotency_key: str | None = None, webhook: Webhook | None = None,
+            owner: str | None = None, job_id: str | None = None) -> Job:
+        """Queue the request, made by `owner`, as job `job_id` (None: a new id). Under an idempotency key the owner
+        used already, or a job id of the owner's that exists, the job made then instead: a client's retry after a
+        lost answer makes no second job, across restarts (as Stripe's Idempotency-Key, the first request made with a
+        key decides its job). Raises JobIdTaken for a job id of another owner's job.
 
         Commits are grouped: the first caller to get the store commits every job added meanwhile, in one
         transaction (one disk sync); each caller returns once its own job is on disk."""
-        addition = _Addition(request, idempotency_key, webhook)
+        addition = _Addition(request, idempotency_key, webhook, owner, job_id)
         with self._additions_lock:
             self._additions.append(addition)
         with self._lock:
@@ -215,21 +229,26 @@ class JobStore:
             return
         self.changed.notify_all()
 
-    def _insert(self, addition: _Addition, queued: int) -> Job | QueueFull:
-        """The addition's job (the one its idempotency key made before, or a new one); QueueFull if it has no room."""
-        key = addition.idempotency_key
-        known = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key=?", (key,)).fetchone() \
-            if key is not None else None
+    def _insert(self, addition: _Addition, queued: int) -> Job | Exception:
+        """The addition's job (the one its idempotency key or job id made before, or a new one); QueueFull if it has
+        no room, JobIdTaken if its job id is another owner's."""
+        key, owner = addition.idempotency_key, addition.owner
+        known = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE COALESCE(owner, '')=? AND idempotency_key=?",
+                                 (owner or "", key)).fetchone() if key is not None else None
+        if known is None and addition.job_id is not None:
+            known = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id=?", (addition.job_id,)).fetchone()
+            if known is not None and _job(known).owner != owner:
+                return JobIdTaken(f"job id {addition.job_id!r} is taken; choose another")
         if known is not None:
             return _job(known)
         if queued >= self.max_queue:
             return QueueFull(f"the queue holds {queued} jobs, its limit")
-        job = Job(uuid.uuid4().hex, time.time(), "queued", addition.request, [], None, None, None, None,
-                  addition.webhook)
-        self._db.execute("INSERT INTO jobs (id, created, state, request, idempotency_key, webhook) "
-                         "VALUES (?, ?, 'queued', ?, ?, ?)",
+        job = Job(addition.job_id or uuid.uuid4().hex, time.time(), "queued", addition.request, [], None, None, None,
+                  None, addition.webhook, owner)
+        self._db.execute("INSERT INTO jobs (id, created, state, request, idempotency_key, webhook, owner) "
+                         "VALUES (?, ?, 'queued', ?, ?, ?, ?)",
                          (job.id, job.created, request_to_json(job.request), key,
-                          json.dumps(asdict(job.webhook)) if job.webhook else None))
+                          json.dumps(asdict(job.webhook)) if job.webhook else None, owner))
         return job
 
     def get(self, job_id: str) -> Job | None:
@@ -237,11 +256,12 @@ class JobStore:
             row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone()
         return _job(row) if row else None
 
-    def list(self, *, offset: int = 0, limit: int = 50) -> list[Job]:
-        """Newest first."""
+    def list(self, *, offset: int = 0, limit: int = 50, owner: str | None = None) -> list[Job]:
+        """Newest first: every job, or (with `owner`) that user's."""
+        where, values = ("WHERE owner=?", (owner,)) if owner is not None else ("", ())
         with self._lock:
-            rows = self._db.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT ? OFFSET ?",
-                                    (limit, offset)).fetchall()
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+                                    (*values, limit, offset)).fetchall()
         return [_job(row) for row in rows]
 
     def queued(self, limit: int) -> list[Job]:
@@ -380,7 +400,7 @@ class JobStore:
         return bool(changed)
 
 
-_COLUMNS = "id, created, state, request, results, error, started, finished, error_type, webhook"
+_COLUMNS = "id, created, state, request, results, error, started, finished, error_type, webhook, owner"
 PROBE_BYTES = 64 * 1024  # several times a stored job with its results
 _DELIVERY_COLUMNS = "seq, job_id, event, url, payload, state, attempts, due, error"
 
@@ -392,6 +412,8 @@ class _Addition:
     request: GenerationRequest
     idempotency_key: str | None
     webhook: Webhook | None
+    owner: str | None
+    job_id: str | None
     outcome: Job | Exception | None = None
 
 
@@ -423,7 +445,7 @@ def _storage_errors() -> Iterator[None]:
 
 
 def _job(row: tuple) -> Job:
-    job_id, created, state, request, results, error, started, finished, error_type, webhook = row
+    job_id, created, state, request, results, error, started, finished, error_type, webhook, owner = row
     hook = json.loads(webhook) if webhook else None
     return Job(job_id, created, state, request_from_json(request), json.loads(results), error, started, finished,
-               error_type, Webhook(hook["url"], tuple(hook["events"])) if hook else None)
+               error_type, Webhook(hook["url"], tuple(hook["events"])) if hook else None, owner)

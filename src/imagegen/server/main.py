@@ -14,6 +14,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
 from imagegen.errors import InvalidRequest
+from imagegen.server.keys import read_key_file
 from imagegen.server.service import STORE_NAME, ServerSettings
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ log = logging.getLogger("imagegen.server")
 def check_exposure(settings: ServerSettings) -> None:
     """Listening beyond this machine without a key lets anyone use the GPU and read every image: refuse that
     unless the operator says --insecure."""
-    if settings.api_key or settings.insecure or _loopback(settings.host):
+    if settings.keyed or settings.insecure or _loopback(settings.host):
         return
     raise InvalidRequest(f"serving on {settings.host} needs an API key (--api-key-file, ${API_KEY_ENV} or "
                          "--api-key); pass --insecure to serve without one")
@@ -101,13 +102,14 @@ def startup_lines(settings: ServerSettings, engine: Engine) -> list[str]:
         lines[-1] += (f"; the other {others} lack models and HF_HUB_OFFLINE is set, so they fail until the models "
                       "are in the cache" if environment.hf_offline() else
                       f"; the other {others} download their models on first use") + " (imagegen recipes lists them)"
-    if settings.api_key:
-        lines.append("API key: required (Authorization: Bearer KEY, or KEY as the basic-auth password)")
+    if settings.keyed:
+        users = f"; {len(settings.user_keys)} user key(s), each seeing its own jobs" if settings.user_keys else ""
+        lines.append(f"API key: required (Authorization: Bearer KEY, or KEY as the basic-auth password){users}")
     else:
         lines.append("API key: none (every user and program on this machine can use the server)")
     if not _loopback(settings.host):
         lines.append(f"warning: listening on {settings.host} without an API key (--insecure): anyone who can reach "
-                     "this port can generate images and see every image in the data folder" if not settings.api_key
+                     "this port can generate images and see every image in the data folder" if not settings.keyed
                      else f"warning: listening on {settings.host} over plain HTTP: the API key and the images cross "
                      "the network unencrypted; put an HTTPS proxy in front on networks you do not trust")
     return lines
@@ -138,19 +140,14 @@ def _lock_data_dir(data_dir: Path) -> TextIO:
     return handle
 
 
-def api_key_from(value: str | None, file: Path | None = None) -> str | None:
-    """The key from --api-key, else --api-key-file (kept out of `ps`), else $IMAGEGEN_API_KEY; None: no key."""
+def api_keys_from(value: str | None, file: Path | None = None) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """(the operator's key, the users' (name, key)) from --api-key, else --api-key-file (kept out of `ps`; see
+    keys.py for its lines), else $IMAGEGEN_API_KEY; (None, ()): no key."""
     if value:
-        return value
+        return value, ()
     if file is not None:
-        try:
-            key = file.read_text().strip()
-        except OSError as error:
-            raise InvalidRequest(f"--api-key-file {file}: {error.strerror or error}") from None
-        if not key:
-            raise InvalidRequest(f"--api-key-file {file} is empty")
-        return key
-    return os.environ.get(API_KEY_ENV) or None
+        return read_key_file(file)
+    return os.environ.get(API_KEY_ENV) or None, ()
 
 
 def _loopback(host: str) -> bool:

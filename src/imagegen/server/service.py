@@ -24,6 +24,7 @@ from imagegen.server.arrivals import Arrivals
 from imagegen.server.changes import ChangeFeed, wait_for
 from imagegen.server.inputs import checked_model, discard_inputs, store_image
 from imagegen.server.jobs import FINISHED, Job, JobStore
+from imagegen.server.keys import OPERATOR, Caller
 from imagegen.server.metrics import Metrics
 from imagegen.server.webhooks import Courier, Webhook, WebhookPolicy, load_secret
 from imagegen.server.worker import Worker
@@ -31,6 +32,8 @@ from imagegen.server.worker import Worker
 IMAGE_FIELDS = ("init_image", "mask_image", "control_image")
 IDEMPOTENCY_HEADER = "idempotency-key"  # on every submitting route: a retry gets the first job again
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+JOB_ID_HEADER = "imagegen-job-id"  # on every submitting route: the job's id, chosen by the client (idempotent too)
+JOB_ID = re.compile(r"[A-Za-z0-9_()-]{1,64}")  # a part of file names and URLs; A1111's are "task(...)"
 STORE_NAME = "jobs.sqlite3"  # in the data folder
 CHANGE_WAIT_S = 1.0  # a waiter reads its job at least this often (a stop is no job change)
 _OPTIONS = {f.name for f in fields(GenerationRequest)} - {"prompt", "recipe", "loras", *IMAGE_FIELDS}
@@ -41,7 +44,8 @@ class ServerSettings:
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = 7860  # A1111's, so tools written for its API find us
-    api_key: str | None = None
+    api_key: str | None = None  # the operator's: sees every job
+    user_keys: tuple[tuple[str, str], ...] = ()  # (name, key): each sees only the jobs made with it
     insecure: bool = False
     max_queue: int = 100
     max_batch: int = 4
@@ -61,6 +65,11 @@ class ServerSettings:
     allowed_hosts: tuple[str, ...] = ()  # Host names served without a key besides the loopback ones
     wait_timeout_s: float = 1800.0  # the longest an OpenAI or A1111 call waits for its job (it runs on regardless)
     warm: tuple[str, ...] = ()  # RECIPE or RECIPE:FAST (warm_requests): run once before /ready says yes
+
+    @property
+    def keyed(self) -> bool:
+        """Whether requests need a key."""
+        return bool(self.api_key or self.user_keys)
 
     @property
     def images_dir(self) -> Path:
@@ -148,17 +157,26 @@ class Service:
             raise
         return resolved
 
-    def submit(self, request: GenerationRequest, idempotency_key: str | None = None,
-               webhook: Webhook | None = None) -> Job:
-        """Queue a resolved request; a retry with the same Idempotency-Key gets the first job again."""
+    def submit(self, request: GenerationRequest, idempotency_key: str | None = None, webhook: Webhook | None = None,
+               *, caller: Caller = OPERATOR, job_id: str | None = None) -> Job:
+        """Queue a resolved request for `caller`, as job `job_id` if the client chose one; a retry with the same
+        Idempotency-Key or job id gets the first job again."""
         try:
             if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
                 raise InvalidRequest("Idempotency-Key: 1 to 255 printable ASCII characters (a UUID, say)")
+            if job_id is not None and not JOB_ID.fullmatch(job_id):
+                raise InvalidRequest("a chosen job id is 1 to 64 letters, digits, '_', '-', '(' or ')'")
             if webhook is not None:
                 self.webhooks.check(webhook)
-            return self.store.add(request, idempotency_key=idempotency_key, webhook=webhook)
+            return self.store.add(request, idempotency_key=idempotency_key, webhook=webhook, owner=caller.name,
+                                  job_id=job_id)
         finally:
             self.arrivals.stored()
+
+    def job(self, job_id: str, caller: Caller) -> Job | None:
+        """The job, if there is one that `caller` may see."""
+        job = self.store.get(job_id)
+        return job if job is not None and caller.sees(job.owner) else None
 
     def not_ready(self) -> str | None:
         """Why the server cannot take jobs now (None: it can): /ready's answer, for load balancers."""
@@ -222,9 +240,12 @@ class Service:
             data = None if path is None else path.read_bytes()
         return None if data is None else base64.b64encode(data).decode()
 
-    def image_path(self, name: str) -> Path | None:
-        """A result file by name, never outside the images folder."""
+    def image_path(self, name: str, caller: Caller = OPERATOR) -> Path | None:
+        """A result file by name ("JOBID-INDEX.EXT"), never outside the images folder, nor of a job that `caller`
+        may not see."""
         if "/" in name or "\\" in name or name.startswith("."):
+            return None
+        if caller.name is not None and self.job(name.rpartition(".")[0].rpartition("-")[0], caller) is None:
             return None
         path = self.settings.images_dir / name
         return path if path.is_file() else None
