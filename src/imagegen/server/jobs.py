@@ -301,7 +301,9 @@ class JobStore:
         """Mark queued jobs running, all with one start time (they run in one call); returns those that started,
         in order: a job cancelled meanwhile does not."""
         started, now = [], time.time()
-        with self._lock, self._transaction():
+        # Not synced: a start lost in a power loss leaves the job queued, and it runs after the restart as it would
+        # have (a job found running is requeued anyway); the device waits for no disk between calls.
+        with self._lock, self._transaction(synced=False):
             for job_id in job_ids:
                 if self._db.execute("UPDATE jobs SET state='running', started=? WHERE id=? AND state='queued'",
                                     (now, job_id)).rowcount:
@@ -338,10 +340,14 @@ class JobStore:
             self.changed.wait(timeout)
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """Several statements, one commit (one disk sync); the caller holds the lock. A full disk is StorageFull."""
+    def _transaction(self, *, synced: bool = True) -> Iterator[None]:
+        """Several statements, one commit (one disk sync; none unless `synced`: the next synced commit carries it to
+        the disk, and a power loss before may lose it but never break the store); the caller holds the lock. A full
+        disk is StorageFull."""
         try:
             with _storage_errors():
+                if not synced:
+                    self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: the commit is not synced, the store is safe
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     yield
@@ -352,6 +358,9 @@ class JobStore:
         except StorageFull:
             self.writable = False
             raise
+        finally:
+            if not synced:
+                self._db.execute("PRAGMA synchronous=FULL")
         self.writable = True
 
     def due_deliveries(self, now: float, limit: int = 20) -> list[Delivery]:
