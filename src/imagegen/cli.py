@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--warm", action="append", default=[], metavar="RECIPE[:FAST]",
                      help="load RECIPE (with the `fast` methods FAST, e.g. sdxl-turbo:all,compile) and make one image "
                           "before /ready says yes, so the first job does not pay the load or the compile; repeatable")
+    srv.add_argument("--db", metavar="URL", default=os.environ.get("IMAGEGEN_DB") or None,
+                     help="the job store: a postgresql:// URL (needs .[cluster]; default $IMAGEGEN_DB, which keeps a "
+                          "password out of `ps`), else SQLite in --data-dir")
+    srv.add_argument("--results-in-db", action="store_true",
+                     help="keep result files in the PostgreSQL store (for nodes without a shared --data-dir)")
     srv.set_defaults(run=_serve)
 
     rec = commands.add_parser("recipes", help="list the recipes, their models and defaults")
@@ -256,6 +261,10 @@ def _serve(args: argparse.Namespace) -> int:
     for name, low in (("max_queue", 1), ("max_batch", 1), ("port", 1)):
         if getattr(args, name) < low:
             raise InvalidRequest(f"--{name.replace('_', '-')} must be at least {low}")
+    if args.results_in_db and not args.db:
+        raise InvalidRequest("--results-in-db needs a PostgreSQL job store: --db postgresql://...")
+    if args.repair and args.db:
+        raise InvalidRequest("--repair rebuilds the SQLite job store; a PostgreSQL one is repaired with its own tools")
     operator_key, user_keys = api_keys_from(args.api_key, args.api_key_file)
     serve(ServerSettings(data_dir=args.data_dir, host=args.host, port=args.port, api_key=operator_key,
                          user_keys=user_keys,
@@ -263,7 +272,7 @@ def _serve(args: argparse.Namespace) -> int:
                          models_dir=args.models_dir, device=args.device, dtype=args.dtype, offload=args.offload,
                          attention=args.attention, warm=tuple(args.warm), threads=args.threads,
                          webhook_allow=tuple(args.webhook_allow), repair=args.repair,
-                         allowed_hosts=tuple(args.allowed_hosts)))
+                         allowed_hosts=tuple(args.allowed_hosts), db=args.db, results_in_db=args.results_in_db))
     return 0
 
 

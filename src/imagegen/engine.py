@@ -253,6 +253,15 @@ class Engine:
             treated = ",".join(name for name in fast_methods(fast) if name in AFTER_PLACEMENT)
         return Precision(self.device, dtype, offload, half_variant, treated)
 
+    def is_loaded(self, request: GenerationRequest) -> bool:
+        """Whether the request's pipeline is warm in this engine (a worker sharing a queue prefers such jobs)."""
+        return self._pipeline_key(get_recipe(request.recipe), request) in self._pipelines
+
+    def _pipeline_key(self, recipe: Recipe, request: GenerationRequest) -> tuple:
+        task = request.task if recipe.image_inputs else "txt2img"  # image-conditioned pipelines take it as is
+        return (recipe.name, request.model, recipe.cache_key(request), self.precision(recipe, fast=request.fast), task,
+                request.fast)
+
     def _pipeline(self, recipe: Recipe, request: GenerationRequest) -> tuple[Any, Any]:
         """The recipe's pipeline for this request, from the warm cache or assembled now.
 
@@ -261,7 +270,7 @@ class Engine:
         """
         precision = self.precision(recipe, fast=request.fast)
         task = request.task if recipe.image_inputs else "txt2img"  # image-conditioned pipelines take it as is
-        key = (recipe.name, request.model, recipe.cache_key(request), precision, task, request.fast)
+        key = self._pipeline_key(recipe, request)
         if key in self._pipelines:
             self._pipelines.move_to_end(key)
             return self._pipelines[key]

@@ -84,6 +84,14 @@ class StorageFull(ImagegenError):
     retry_after_s = 60
 
 
+class StoreUnavailable(ImagegenError):
+    """The job store's database cannot be reached now (a PostgreSQL server restarting): retry shortly."""
+
+    exit_code = 1
+    http_status = 503
+    retry_after_s = 5
+
+
 class Notice(UserWarning):
     """Something imagegen did other than asked, and why, in one line: a warning, never an error (the CLI prints it
     as `imagegen: warning: ...`)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from postgres_server import PostgresServer
 
 API_KEY = "test-key-0123456789"
 
@@ -94,10 +95,12 @@ def server_env(hf_cache: Path, taesd_models: Path, tmp_path_factory: pytest.Temp
             "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="session")
-def server(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server for the tests that do not restart or reconfigure it."""
-    running = start_server(tmp_path_factory.mktemp("server_data"), server_env)
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, server_env: dict[str, str],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the tests that do not restart or reconfigure it, with each job store."""
+    args = ("--db", new_database(request.getfixturevalue("postgres"))) if request.param == "postgresql" else ()
+    running = start_server(tmp_path_factory.mktemp("server_data"), server_env, *args)
     yield running
     stop_server(running)
 
@@ -116,3 +119,48 @@ def serve(server_env: dict[str, str]) -> Iterator[Callable[..., Server]]:
         if server.process.poll() is None:
             server.process.kill()
             server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (Debian's package; .ci/run installs it)."""
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()
+    server.remove()
+
+
+@pytest.fixture
+def database_url(postgres: PostgresServer) -> str:
+    """A new, empty database on the session's PostgreSQL server."""
+    return new_database(postgres)
+
+
+def new_database(postgres: PostgresServer) -> str:
+    import uuid
+
+    import psycopg
+
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.url, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return postgres.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., object]]:
+    """`make_store(**options)`: the test's job store, opened (again: as after a restart) in each backend."""
+    from imagegen.server.store import open_store
+
+    url = request.getfixturevalue("database_url") if request.param == "postgresql" else None
+    opened: list = []
+
+    def make(**options: object) -> object:
+        opened.append(open_store(url, tmp_path, **options))
+        return opened[-1]
+
+    yield make
+    for store in opened:
+        if request.param == "postgresql":
+            store.close()

@@ -10,7 +10,7 @@ import sys
 from server.test_queue import submit, wait_done
 
 from imagegen.request import GenerationRequest
-from imagegen.server.jobs import JobStore
+from imagegen.server.store.sqlite import SQLiteJobStore
 
 
 def test_a_damaged_store_is_named_and_repair_rebuilds_the_finished_jobs(serve, server_env, tmp_path) -> None:
@@ -37,7 +37,7 @@ def test_a_damaged_store_is_named_and_repair_rebuilds_the_finished_jobs(serve, s
 
 
 def test_a_clean_shutdown_folds_the_log_into_the_database_file(tmp_path) -> None:
-    store = JobStore(tmp_path / "jobs.sqlite3")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
     job = store.add(GenerationRequest(prompt="7", recipe="digits", seed=1))
     store.close()
     assert not (tmp_path / "jobs.sqlite3-wal").exists() or (tmp_path / "jobs.sqlite3-wal").stat().st_size == 0

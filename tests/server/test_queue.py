@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,8 +23,8 @@ from PIL import Image
 from imagegen.errors import Cancelled
 from imagegen.request import GenerationRequest
 from imagegen.server.arrivals import Arrivals
-from imagegen.server.jobs import FINISHED, JobStore
 from imagegen.server.metrics import Metrics
+from imagegen.server.store import FINISHED, JobStore
 from imagegen.server.worker import Worker
 
 TURBO = {"recipe": "sdxl-turbo", "width": 64, "height": 64}
@@ -215,13 +214,14 @@ class ScriptedOutput:
 
 
 @pytest.fixture
-def queue(tmp_path: Path) -> Iterator[Callable[..., tuple[JobStore, Worker]]]:
-    """`queue(engine, *prompts)`: a store holding those jobs (in that order) and a started worker."""
+def queue(tmp_path: Path, make_store) -> Iterator[Callable[..., tuple[JobStore, Worker]]]:
+    """`queue(engine, *prompts)`: a store (of each backend) holding those jobs (in that order) and a started
+    worker."""
     workers: list[Worker] = []
 
     def make(engine: ScriptedEngine, *prompts: str, max_batch: int = 4,
              arrivals: Arrivals | None = None) -> tuple[JobStore, Worker]:
-        store = JobStore(tmp_path / "jobs.sqlite3")
+        store = make_store()
         for seed, prompt in enumerate(prompts):
             store.add(GenerationRequest(prompt=prompt, recipe="digits", seed=seed))
         (tmp_path / "images").mkdir(exist_ok=True)
@@ -240,8 +240,8 @@ def outcomes(store: JobStore, timeout: float = 10) -> list[tuple[str, str | None
     request cannot be read has no Job)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with sqlite3.connect(store.path) as db:
-            rows = db.execute("SELECT state, error FROM jobs ORDER BY seq").fetchall()
+        with store._lock:
+            rows = [tuple(row) for row in store._execute("SELECT state, error FROM jobs ORDER BY seq").fetchall()]
         if all(state in FINISHED for state, _ in rows):
             return rows
         time.sleep(0.01)
@@ -271,10 +271,11 @@ def test_a_job_whose_images_cannot_be_written_fails_and_the_worker_goes_on(queue
     assert worker.is_alive()
 
 
-def test_a_stored_job_this_version_cannot_read_fails_and_the_queue_goes_on(queue, tmp_path) -> None:
-    JobStore(tmp_path / "jobs.sqlite3").add(GenerationRequest(prompt="a", recipe="digits", seed=1))
-    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:  # as if written by a version with other LoRA fields
-        db.execute("UPDATE jobs SET request=?", ('{"prompt": "a", "recipe": "digits", "loras": [{"name": 1}]}',))
+def test_a_stored_job_this_version_cannot_read_fails_and_the_queue_goes_on(queue, make_store) -> None:
+    earlier = make_store()
+    earlier.add(GenerationRequest(prompt="a", recipe="digits", seed=1))
+    with earlier._lock:  # as if written by a version with other LoRA fields
+        earlier._execute("UPDATE jobs SET request=?", ('{"prompt": "a", "recipe": "digits", "loras": [{"name": 1}]}',))
     store, worker = queue(ScriptedEngine(), "b")
     (first_state, first_error), second = outcomes(store)
     assert first_state == "failed" and "cannot be read by this version" in first_error
@@ -298,9 +299,9 @@ def test_a_job_is_done_only_after_its_files_and_their_folder_reach_the_disk(queu
         f"/proc/self/fd/{descriptor}"))), real_fsync(descriptor))[1])
     real_finish = JobStore.finish
 
-    def finish(store: JobStore, job_id: str, results: list[dict]) -> None:
+    def finish(store: JobStore, job_id: str, results: list[dict], worker: str) -> bool:
         events.append(("done", results[0]["file"]))
-        real_finish(store, job_id, results)
+        return real_finish(store, job_id, results, worker)
 
     monkeypatch.setattr(JobStore, "finish", finish)
     store, _ = queue(ScriptedEngine(), "a")

@@ -16,7 +16,7 @@ import pytest
 from imagegen.errors import InvalidRequest
 from imagegen.request import GenerationRequest
 from imagegen.server import webhooks
-from imagegen.server.jobs import JobStore
+from imagegen.server.store.sqlite import SQLiteJobStore
 from imagegen.server.webhooks import Courier, Webhook, WebhookPolicy
 
 SECRET = b"test-secret"
@@ -78,7 +78,7 @@ def test_only_allowed_hosts_and_known_events() -> None:
 
 
 def test_start_and_end_are_delivered_signed(receiver, tmp_path) -> None:
-    store = JobStore(tmp_path / "jobs.sqlite3")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
     job = store.add(GenerationRequest(prompt="7", recipe="digits", seed=3),
                     webhook=Webhook(receiver.url, ("started", "finished")))
     courier = Courier(store, SECRET, idle_wait=0.02)
@@ -103,7 +103,7 @@ def test_start_and_end_are_delivered_signed(receiver, tmp_path) -> None:
 
 def test_a_failed_delivery_is_retried_and_a_restart_resumes_it(receiver, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(webhooks, "FIRST_RETRY_S", 0.2)
-    store = JobStore(tmp_path / "jobs.sqlite3")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
     job = store.add(GenerationRequest(prompt="7", recipe="digits", seed=3), webhook=Webhook(receiver.url))
     store.start([job.id])
     store.fail(job.id, "boom")
@@ -115,7 +115,7 @@ def test_a_failed_delivery_is_retried_and_a_restart_resumes_it(receiver, tmp_pat
     first.join()
     [pending] = store.deliveries(job.id)
     assert (pending.state, pending.attempts, pending.error) == ("pending", 1, "HTTP 503")
-    restarted = Courier(JobStore(tmp_path / "jobs.sqlite3"), SECRET, idle_wait=0.02)  # as after a restart
+    restarted = Courier(SQLiteJobStore(tmp_path / "jobs.sqlite3"), SECRET, idle_wait=0.02)  # as after a restart
     restarted.start()
     try:
         until(lambda: len(receiver.received) == 2)

@@ -49,9 +49,9 @@ from imagegen.recipes.base import Recipe
 from imagegen.request import GenerationRequest
 from imagegen.server.app import answering_route, retry_after
 from imagegen.server.bodies import json_body, validation_message
-from imagegen.server.jobs import Job
 from imagegen.server.keys import Caller
 from imagegen.server.service import IDEMPOTENCY_HEADER, JOB_ID_HEADER, Service
+from imagegen.server.store import Job
 from imagegen.version import __version__
 
 AUTOMATIC = "Automatic"  # A1111's schedule type that means "the sampler's own"

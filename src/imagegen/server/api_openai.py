@@ -50,8 +50,8 @@ from imagegen.recipes import RECIPES
 from imagegen.recipes.base import Recipe
 from imagegen.server.app import RETRY_AFTER_S, answering_route, retry_after
 from imagegen.server.bodies import json_body
-from imagegen.server.jobs import Job, QueueFull
 from imagegen.server.service import IDEMPOTENCY_HEADER, JOB_ID_HEADER, Service
+from imagegen.server.store import Job, QueueFull
 
 OPENAI_MODEL_PREFIXES = ("dall-e-", "gpt-image-", "chatgpt-image-")  # OpenAI's names: they mean the default recipe
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")

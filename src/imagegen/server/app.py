@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import mimetypes
 from base64 import b64decode
 from collections.abc import Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -35,7 +36,6 @@ from imagegen.server.bodies import (
 )
 from imagegen.server.changes import wait_for
 from imagegen.server.gate import RequestGate
-from imagegen.server.jobs import FINISHED, Job, QueueFull
 from imagegen.server.keys import OPERATOR, caller_for
 from imagegen.server.service import (
     CHANGE_WAIT_S,
@@ -45,6 +45,7 @@ from imagegen.server.service import (
     ServerStopping,
     Service,
 )
+from imagegen.server.store import FINISHED, Job, QueueFull
 from imagegen.server.webhooks import Webhook
 
 RETRY_AFTER_S = 5
@@ -183,9 +184,12 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/v1/images/{name}", dependencies=[auth])
     def image(name: str, request: Request) -> FileResponse:
         path = service.image_path(name, request.state.caller)
-        if path is None:
+        if path is not None:
+            return FileResponse(path)
+        data = service.image_bytes(name, request.state.caller)  # kept in the store (--results-in-db)
+        if data is None:
             raise HTTPException(404, f"no image {name!r}")
-        return FileResponse(path)
+        return Response(data, media_type=mimetypes.guess_type(name)[0] or "application/octet-stream")
 
     return app
 

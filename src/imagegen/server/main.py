@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, TextIO
 
 from imagegen.errors import InvalidRequest
 from imagegen.server.keys import read_key_file
-from imagegen.server.service import STORE_NAME, ServerSettings
+from imagegen.server.service import ServerSettings
+from imagegen.server.store import STORE_NAME
 
 if TYPE_CHECKING:
     from imagegen.engine import Engine

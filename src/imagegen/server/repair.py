@@ -14,17 +14,18 @@ from collections import defaultdict
 from pathlib import Path
 
 from imagegen.errors import ImagegenError, StoreDamaged
-from imagegen.server.jobs import JobStore
+from imagegen.server.service import JOB_ID
+from imagegen.server.store.sqlite import SQLiteJobStore
 
 log = logging.getLogger("imagegen.server")
-RESULT_NAME = re.compile(r"(?P<job>[0-9a-f]{32})-(?P<index>\d+)(?:\.\w+)?")
+RESULT_NAME = re.compile(rf"(?P<job>{JOB_ID.pattern})-(?P<index>\d+)(?:\.\w+)?")
 
 
-def repair(store_path: Path, images_dir: Path) -> JobStore:
+def repair(store_path: Path, images_dir: Path) -> SQLiteJobStore:
     """A store that opens is kept as it is. A damaged one, with its write-ahead files, is moved aside, and a new one
     gets every finished job from `images_dir` whose files carry their parameters. Returns the store to use."""
     try:
-        store = JobStore(store_path)
+        store = SQLiteJobStore(store_path)
         log.info("the job store %s is not damaged: nothing to repair", store_path)
         return store
     except StoreDamaged:
@@ -34,7 +35,7 @@ def repair(store_path: Path, images_dir: Path) -> JobStore:
         damaged = store_path.with_name(store_path.name + suffix)
         if damaged.exists():
             damaged.rename(damaged.with_name(f"{store_path.name}.damaged-{stamp}{suffix}"))
-    store = JobStore(store_path)
+    store = SQLiteJobStore(store_path)
     restored, unreadable = 0, 0
     for job_id, files in sorted(_results_by_job(images_dir).items(), key=lambda item: item[1][0].stat().st_mtime):
         try:

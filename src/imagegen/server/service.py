@@ -23,9 +23,9 @@ from imagegen.request import GenerationRequest
 from imagegen.server.arrivals import Arrivals
 from imagegen.server.changes import ChangeFeed, wait_for
 from imagegen.server.inputs import checked_model, discard_inputs, store_image
-from imagegen.server.jobs import FINISHED, Job, JobStore
 from imagegen.server.keys import OPERATOR, Caller
 from imagegen.server.metrics import Metrics
+from imagegen.server.store import FINISHED, Job, open_store
 from imagegen.server.webhooks import Courier, Webhook, WebhookPolicy, load_secret
 from imagegen.server.worker import Worker
 
@@ -34,7 +34,6 @@ IDEMPOTENCY_HEADER = "idempotency-key"  # on every submitting route: a retry get
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 JOB_ID_HEADER = "imagegen-job-id"  # on every submitting route: the job's id, chosen by the client (idempotent too)
 JOB_ID = re.compile(r"[A-Za-z0-9_()-]{1,64}")  # a part of file names and URLs; A1111's are "task(...)"
-STORE_NAME = "jobs.sqlite3"  # in the data folder
 CHANGE_WAIT_S = 1.0  # a waiter reads its job at least this often (a stop is no job change)
 _OPTIONS = {f.name for f in fields(GenerationRequest)} - {"prompt", "recipe", "loras", *IMAGE_FIELDS}
 
@@ -65,6 +64,9 @@ class ServerSettings:
     allowed_hosts: tuple[str, ...] = ()  # Host names served without a key besides the loopback ones
     wait_timeout_s: float = 1800.0  # the longest an OpenAI or A1111 call waits for its job (it runs on regardless)
     warm: tuple[str, ...] = ()  # RECIPE or RECIPE:FAST (warm_requests): run once before /ready says yes
+    db: str | None = None  # the job store: None for SQLite in the data folder, else a postgresql:// URL
+    results_in_db: bool = False  # result files kept in the PostgreSQL store (nodes without a shared data folder)
+    remote_workers: bool = False  # the API of a cluster: engine workers run elsewhere, against the same store
 
     @property
     def keyed(self) -> bool:
@@ -108,12 +110,18 @@ class Service:
         self.settings = settings
         self.metrics = Metrics()
         self.changes = ChangeFeed()
-        self.store = JobStore(settings.data_dir / STORE_NAME, max_queue=settings.max_queue,
-                              on_change=self.changes.notify)
+        self.store = open_store(settings.db, settings.data_dir, max_queue=settings.max_queue,
+                                on_change=self.changes.notify)
+        self.store.on_progress = self.changes.notify_progress  # from workers in other processes
         self.arrivals = Arrivals()
-        self.worker = Worker(engine, self.store, settings.images_dir, self.metrics, max_batch=settings.max_batch,
-                             warm=warm_requests(settings.warm), on_progress=self.changes.notify_progress,
-                             arrivals=self.arrivals)
+        if settings.remote_workers:
+            from imagegen.server.remote import RemoteWorkers
+
+            self.worker: Worker | RemoteWorkers = RemoteWorkers(engine, self.store)
+        else:
+            self.worker = Worker(engine, self.store, settings.images_dir, self.metrics, max_batch=settings.max_batch,
+                                 warm=warm_requests(settings.warm), on_progress=self.changes.notify_progress,
+                                 arrivals=self.arrivals, results_in_store=settings.results_in_db)
         self.webhooks = WebhookPolicy(settings.webhook_allow)
         self.courier = Courier(self.store, load_secret(settings.data_dir / "webhook-secret"))
 
@@ -236,21 +244,34 @@ class Service:
         when it wrote the file, else from the disk; None if it is gone."""
         data = self.worker.kept.take(name)
         if data is None:
-            path = self.image_path(name)
-            data = None if path is None else path.read_bytes()
+            data = self.image_bytes(name)
         return None if data is None else base64.b64encode(data).decode()
+
+    def image_bytes(self, name: str, caller: Caller = OPERATOR) -> bytes | None:
+        """A result file's bytes, from the images folder or (`--results-in-db`) the store."""
+        path = self.image_path(name, caller)
+        if path is not None:
+            return path.read_bytes()
+        if self.settings.results_in_db and (caller.name is None or self.job(_job_of(name), caller) is not None):
+            return self.store.result(name)
+        return None
 
     def image_path(self, name: str, caller: Caller = OPERATOR) -> Path | None:
         """A result file by name ("JOBID-INDEX.EXT"), never outside the images folder, nor of a job that `caller`
         may not see."""
         if "/" in name or "\\" in name or name.startswith("."):
             return None
-        if caller.name is not None and self.job(name.rpartition(".")[0].rpartition("-")[0], caller) is None:
+        if caller.name is not None and self.job(_job_of(name), caller) is None:
             return None
         path = self.settings.images_dir / name
         return path if path.is_file() else None
 
 
+
+
+def _job_of(name: str) -> str:
+    """The job id of a result file's name, JOBID-INDEX.EXT."""
+    return name.rpartition(".")[0].rpartition("-")[0]
 
 
 def warm_requests(specs: tuple[str, ...]) -> tuple[GenerationRequest, ...]:

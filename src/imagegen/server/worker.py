@@ -22,17 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imagegen.errors import Cancelled, ImagegenError, StorageFull
+from imagegen.errors import Cancelled, ImagegenError, StorageFull, StoreUnavailable
 from imagegen.outputs.durable import sync_to_disk
 from imagegen.request import GenerationRequest
 from imagegen.server.arrivals import BATCH_WAIT_S, Arrivals
 from imagegen.server.inputs import discard_inputs
-from imagegen.server.jobs import Job, JobStore
 from imagegen.server.kept import KeptFiles
 from imagegen.server.metrics import Metrics
+from imagegen.server.store import LOCAL_WORKER, Job, JobStore
+from imagegen.server.store.sql import LEASE_S
 
 log = logging.getLogger("imagegen.server")
 PREVIEW_JPEG_QUALITY = 80  # previews are glimpses: a few kB each, sent a few times a second
+UNRECORDED = (StorageFull, StoreUnavailable)  # a store that cannot take an outcome now, but will
+PROGRESS_INTERVAL_S = 0.25  # how often a worker sharing a store records its steps there (its previews: each)
+CLAIM_WINDOW = 32  # how many queued jobs a worker sharing a store looks at for a batch of its loaded recipes
 
 
 @dataclass
@@ -50,8 +54,11 @@ class Progress:
 class Worker(threading.Thread):
     def __init__(self, engine: Any, store: JobStore, images_dir: Path, metrics: Metrics, *, max_batch: int = 4,
                  idle_wait: float = 0.5, warm: tuple[GenerationRequest, ...] = (),
-                 on_progress: Callable[[str], None] = lambda job_id: None, arrivals: Arrivals | None = None) -> None:
+                 on_progress: Callable[[str], None] = lambda job_id: None, arrivals: Arrivals | None = None,
+                 worker_id: str = LOCAL_WORKER, results_in_store: bool = False) -> None:
         super().__init__(name="imagegen-worker", daemon=True)
+        self.worker_id = worker_id  # the name its claims are held under in the store
+        self.results_in_store = results_in_store  # result files go to the store (no folder shared by the nodes)
         self.engine, self.store, self.images_dir, self.metrics = engine, store, images_dir, metrics
         self.max_batch, self.idle_wait = max_batch, idle_wait
         self.warm = warm  # run once before the worker says ready: loads (and with --fast compile, compiles) them
@@ -118,9 +125,13 @@ class Worker(threading.Thread):
         return True
 
     def run(self) -> None:
-        requeued = self.store.requeue_interrupted()
-        if requeued:
-            log.warning("%d interrupted job(s) went back to the queue", requeued)
+        if self.store.shared:  # other workers' running jobs are theirs; a dead one's come back as its lease ends
+            self.store.on_cancel = self.cancel
+            threading.Thread(target=self._renew_leases, name="imagegen-leases", daemon=True).start()
+        else:
+            requeued = self.store.requeue_interrupted()
+            if requeued:
+                log.warning("%d interrupted job(s) went back to the queue", requeued)
         for request in self.warm:
             self._warm_up(request)
         self.ready.set()
@@ -144,7 +155,7 @@ class Worker(threading.Thread):
         it again until it goes through: a job never stays "running" for want of its record."""
         try:
             write()
-        except StorageFull as error:
+        except UNRECORDED as error:
             log.error("job %s: its outcome cannot be recorded (%s); the worker retries and takes no new job", job_id,
                       error)
             with self._unrecorded_lock:
@@ -159,21 +170,42 @@ class Worker(threading.Thread):
         if not self.unrecorded:
             log.info("the store can be written again: %d job outcome(s) recorded", len(pending))
 
-    def _next_group(self) -> list[Job]:
-        """The first queued job and the compatible jobs right behind it, up to max_batch images (not started); with
-        room left and jobs on their way, the group waits up to BATCH_WAIT_S for them."""
-        group = self._queued_group()
-        deadline = time.monotonic() + BATCH_WAIT_S
-        while (group and self.arrivals is not None and self.arrivals.pending
-               and sum(job.request.num_images for job in group) < self.max_batch and time.monotonic() < deadline):
-            self.store.wait_for_work(max(0.0, deadline - time.monotonic()))
-            group = self._queued_group()
-        return group
+    def _renew_leases(self) -> None:
+        while not self._stopping.wait(LEASE_S / 3):
+            try:
+                self.store.renew(self.worker_id)
+            except Exception as error:  # noqa: BLE001 - the store restarts: renew at the next beat
+                log.warning("the worker's leases could not be renewed: %s", error)
 
-    def _queued_group(self) -> list[Job]:
-        waiting = self.store.queued(limit=self.max_batch)
+    def _next_group(self) -> list[Job]:
+        """Claim the next group (see _choose); with room left and jobs on their way, wait up to BATCH_WAIT_S for
+        them first."""
+        deadline = time.monotonic() + BATCH_WAIT_S
+        while self.arrivals is not None and self.arrivals.pending and time.monotonic() < deadline:
+            group = self._choose(self.store.queued(limit=self.max_batch))
+            if not group or sum(job.request.num_images for job in group) >= self.max_batch:
+                break
+            self.store.wait_for_work(max(0.0, deadline - time.monotonic()))
+        return self.store.claim(self._choose, window=CLAIM_WINDOW if self.store.shared else self.max_batch,
+                                worker=self.worker_id)
+
+    def _choose(self, waiting: list[Job]) -> list[Job]:
+        """The first queued job and the compatible jobs right behind it, up to max_batch images. A worker sharing the
+        store starts from the first job whose pipeline it holds loaded, if any is waiting, and takes the compatible
+        jobs from anywhere in the window: replicas stay warm and their batches full."""
         if not waiting:
             return []
+        if self.store.shared:
+            loaded = [job for job in waiting if self._is_loaded(job)]
+            first = (loaded or waiting)[0]
+            key = self._batch_key(first)
+            group, images = [first], first.request.num_images
+            for job in waiting:
+                if job is not first and key is not None and self._batch_key(job) == key and \
+                        images + job.request.num_images <= self.max_batch:
+                    group.append(job)
+                    images += job.request.num_images
+            return sorted(group, key=waiting.index)
         key = self._batch_key(waiting[0])
         group, images = [waiting[0]], waiting[0].request.num_images
         for job in waiting[1:]:
@@ -189,15 +221,23 @@ class Worker(threading.Thread):
         except Exception:  # noqa: BLE001 - e.g. a stored job whose recipe is gone: it runs alone and fails there
             return None
 
+    def _is_loaded(self, job: Job) -> bool:
+        try:
+            return self.engine.is_loaded(job.request)
+        except Exception:  # noqa: BLE001 - as _batch_key
+            return False
+
     def _run_group(self, group: list[Job]) -> None:
-        """Start the jobs (those not cancelled meanwhile) and run them in one call."""
+        """Run the claimed jobs in one call (a stopping worker puts them back)."""
         if self._stopping.is_set():
+            for job in group:
+                self.store.requeue(job.id, self.worker_id)
             return
         self._register(group)
         try:
-            started = set(self.store.start([job.id for job in group]))
-            if started:
-                self._call([job for job in group if job.id in started])
+            for job_id in self.store.cancel_requested([job.id for job in group]):  # asked between claim and now
+                self.cancel(job_id)
+            self._call(group)
         finally:
             with self._lock:
                 for job in group:
@@ -206,8 +246,7 @@ class Worker(threading.Thread):
                 self._calling = set()
 
     def _register(self, group: list[Job]) -> None:
-        """Make the jobs cancellable before they are marked running, so that no cancel falls in between; a job
-        asked to stop before its call starts stops at once."""
+        """Make the jobs cancellable; a job asked to stop before its call starts stops at once."""
         with self._lock:
             live = [self.running.setdefault(job.id, Progress()) for job in group]
             self._calling = {job.id for job in group}
@@ -224,6 +263,8 @@ class Worker(threading.Thread):
         interrupt = self._interrupt
         live = [self.running[job.id] for job in group]
 
+        recorded = [0.0]  # when the steps were last recorded in a shared store
+
         def on_step(done: int, total: int) -> None:
             for job, progress in zip(group, live):
                 progress.done, progress.total = done, total
@@ -231,12 +272,17 @@ class Worker(threading.Thread):
             self.metrics.step_seconds.observe((time.perf_counter() - started) / max(done, 1))
             if self._past_deadline():
                 interrupt.set()
+            if self.store.shared and time.monotonic() - recorded[0] >= PROGRESS_INTERVAL_S:
+                recorded[0] = time.monotonic()
+                self._share_progress(group, done, total)
 
         def on_preview(done: int, total: int, image: Any) -> None:
             encoded = io.BytesIO()
             image.save(encoded, format="JPEG", quality=PREVIEW_JPEG_QUALITY)
             live[0].preview, live[0].preview_step = encoded.getvalue(), done
             self.on_progress(group[0].id)
+            if self.store.shared:
+                self._share_progress(group[:1], done, total, live[0].preview)
 
         try:
             if interrupt.is_set():
@@ -246,12 +292,12 @@ class Worker(threading.Thread):
         except Cancelled:
             for job, progress in zip(group, live):
                 if progress.cancel.is_set():
-                    self.store.mark_cancelled(job.id)
+                    self.store.mark_cancelled(job.id, self.worker_id)
                     _discard_inputs(job)
                     self.metrics.jobs.labels("cancelled").inc()
                     log.info("job %s cancelled after %.1f s", job.id, time.perf_counter() - started)
                 else:  # stopped for another job of its batch, or for a shutdown: it runs again
-                    self.store.requeue(job.id)
+                    self.store.requeue(job.id, self.worker_id)
             return
         except Exception as error:  # noqa: BLE001 - whatever a job does, the worker goes on
             self._recover(error)
@@ -287,15 +333,20 @@ class Worker(threading.Thread):
     def _finish(self, job: Job, outputs: list[Any], seconds: float) -> None:
         """Write the job's files, sync them and their folder to disk, and only then record it done: a row that says
         done always has its files, even after a power loss."""
-        records, paths = [], []
+        records, paths, files = [], [], {}
         for index, output in enumerate(outputs):
             path, data = output.save_encoded(self.images_dir / f"{job.id}-{index}")
             paths.append(path)
             records.append({"file": path.name, "seed": output.seed, "infotext": output.infotext})
             if data is not None:
                 self.kept.keep(path.name, data)
-        sync_to_disk(paths)
-        self._record(job.id, lambda: self.store.finish(job.id, records))
+            if self.results_in_store:
+                files[path.name] = data if data is not None else path.read_bytes()
+        if self.results_in_store:
+            self.store.save_results(files)
+        else:
+            sync_to_disk(paths)
+        self._record(job.id, lambda: self.store.finish(job.id, records, self.worker_id))
         _discard_inputs(job)
         self.metrics.jobs.labels("done").inc()
         self.metrics.job_seconds.observe(seconds)
@@ -308,9 +359,18 @@ class Worker(threading.Thread):
         ours = isinstance(error, ImagegenError)
         message = str(error) if ours else f"{type(error).__name__}: {error}"
         log.warning("job %s failed after %.1f s: %s: %s", job.id, seconds, job.request.recipe, message)
-        self._record(job.id, lambda: self.store.fail(job.id, message[:2000], type(error).__name__ if ours else None))
+        self._record(job.id, lambda: self.store.fail(job.id, message[:2000], type(error).__name__ if ours else None,
+                                                     self.worker_id))
         _discard_inputs(job)
         self.metrics.jobs.labels("failed").inc()
+
+    def _share_progress(self, group: list[Job], done: int, total: int, preview: bytes | None = None) -> None:
+        """The steps (and the preview) in the shared store, for the API in another process; a miss is no failure."""
+        try:
+            for job in group:
+                self.store.record_progress(job.id, done, total, preview, done if preview is not None else 0)
+        except StoreUnavailable as error:
+            log.warning("progress not recorded: %s", error)
 
     @staticmethod
     def _recover(error: Exception) -> None:
