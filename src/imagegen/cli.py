@@ -92,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--dtype", choices=DTYPES, default="auto")
     srv.add_argument("--offload", choices=OFFLOAD_MODES, default="auto")
     srv.add_argument("--attention", choices=list(SDPA_BACKENDS), default="auto", help=ATTENTION_HELP)
-    srv.add_argument("--threads", type=int, metavar="N", default=settings.server_threads(),
-                     help="torch's CPU threads (default here: %(default)s, a core left to the HTTP side)")
+    srv.add_argument("--threads", type=int, metavar="N",
+                     help=f"torch's CPU threads (default here: {settings.server_threads()}, a core left to the HTTP "
+                          "side; with --cluster: --worker-cpus)")
     srv.add_argument("--repair", action="store_true",
                      help="move a damaged job store aside and rebuild the finished jobs from the result files, "
                           "then serve")
@@ -108,6 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
                           "password out of `ps`), else SQLite in --data-dir")
     srv.add_argument("--results-in-db", action="store_true",
                      help="keep result files in the PostgreSQL store (for nodes without a shared --data-dir)")
+    cluster = srv.add_argument_group("cluster (Ray Serve; needs .[cluster] and a PostgreSQL --db)")
+    cluster.add_argument("--cluster", action="store_true",
+                         help="serve with Ray Serve: the API and engine replicas (one per GPU on GPU nodes) on a "
+                              "local Ray head on 127.0.0.1, or the cluster at --ray-address")
+    cluster.add_argument("--replicas", type=int, default=1, metavar="N", help="engine replicas (1)")
+    cluster.add_argument("--autoscale", metavar="MIN:MAX",
+                         help="engine replicas between MIN and MAX, following the queue's depth")
+    cluster.add_argument("--ray-address", metavar="ADDRESS", help="join this Ray cluster (e.g. 10.0.0.5:6379)")
+    cluster.add_argument("--worker-cpus", type=float, default=1.0, metavar="N",
+                         help="CPUs each engine replica reserves (1)")
+    cluster.add_argument("--worker-gpus", type=float, metavar="N",
+                         help="GPUs each engine replica reserves (default: 1 where the cluster has GPUs)")
+    cluster.add_argument("--print-config", action="store_true",
+                         help="print this command line as a Serve config (YAML) for `serve deploy`, and exit")
     srv.set_defaults(run=_serve)
 
     rec = commands.add_parser("recipes", help="list the recipes, their models and defaults")
@@ -266,13 +281,28 @@ def _serve(args: argparse.Namespace) -> int:
     if args.repair and args.db:
         raise InvalidRequest("--repair rebuilds the SQLite job store; a PostgreSQL one is repaired with its own tools")
     operator_key, user_keys = api_keys_from(args.api_key, args.api_key_file)
-    serve(ServerSettings(data_dir=args.data_dir, host=args.host, port=args.port, api_key=operator_key,
+    from imagegen import settings as environment
+
+    threads = args.threads if args.threads is not None or args.cluster else environment.server_threads()
+    settings = ServerSettings(data_dir=args.data_dir, host=args.host, port=args.port, api_key=operator_key,
                          user_keys=user_keys,
                          insecure=args.insecure, max_queue=args.max_queue, max_batch=args.max_batch,
                          models_dir=args.models_dir, device=args.device, dtype=args.dtype, offload=args.offload,
-                         attention=args.attention, warm=tuple(args.warm), threads=args.threads,
+                         attention=args.attention, warm=tuple(args.warm), threads=threads,
                          webhook_allow=tuple(args.webhook_allow), repair=args.repair,
-                         allowed_hosts=tuple(args.allowed_hosts), db=args.db, results_in_db=args.results_in_db))
+                         allowed_hosts=tuple(args.allowed_hosts), db=args.db, results_in_db=args.results_in_db)
+    if not (args.cluster or args.print_config):
+        serve(settings)
+        return 0
+    from imagegen.server.cluster import ClusterOptions, serve_cluster, serve_config
+
+    options = ClusterOptions(replicas=args.replicas, ray_address=args.ray_address, worker_cpus=args.worker_cpus,
+                             worker_gpus=args.worker_gpus,
+                             autoscale=ClusterOptions.parse_autoscale(args.autoscale) if args.autoscale else None)
+    if args.print_config:
+        print(serve_config(settings, options), end="")
+    else:
+        serve_cluster(settings, options)
     return 0
 
 

@@ -52,7 +52,7 @@ def serve(settings: ServerSettings) -> None:
     # to 0.87 of the engine's throughput (benchmarks/server_overhead.py); alone, the worker loses nothing.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     lock = _lock_data_dir(settings.data_dir)  # noqa: F841 - held for the life of the process
-    _log_to_stderr()
+    log_to_stderr()
     engine = Engine(EngineOptions(device=settings.device, dtype=settings.dtype, offload=settings.offload,
                                   lora_names_only=True, attention=settings.attention, threads=settings.threads))
     for line in startup_lines(settings, engine):
@@ -116,7 +116,7 @@ def startup_lines(settings: ServerSettings, engine: Engine) -> list[str]:
     return lines
 
 
-def _log_to_stderr() -> None:
+def log_to_stderr() -> None:
     """The server's own lines (start-up, one per job) go to stderr as plain lines, from INFO up; uvicorn keeps its
     access log at warnings."""
     handler = logging.StreamHandler(sys.stderr)

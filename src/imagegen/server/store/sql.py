@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -39,7 +40,9 @@ from imagegen.server.webhooks import Webhook, payload
 
 log = logging.getLogger("imagegen.server")
 LOCAL_WORKER = "local"  # the single-process server's one worker
-LEASE_S = 30.0  # a claim lasts this long unless its worker renews it (every LEASE_S / 3)
+# A claim lasts this long unless its worker renews it (every LEASE_S / 3): how long a dead worker's jobs wait
+# before another runs them.
+LEASE_S = float(os.environ.get("IMAGEGEN_LEASE_S") or 30)
 PROBE_BYTES = 64 * 1024  # several times a stored job with its results
 
 
