@@ -29,6 +29,7 @@ log = logging.getLogger("imagegen.server")
 APP_NAME = "imagegen"
 OBJECT_STORE_BYTES = 80 * 2**20  # Ray's minimum is 75 MiB: jobs and images never pass through it
 SECRETS = ("db", "api_key", "user_keys")  # kept out of a printed config: the nodes read them from the environment
+API_REQUESTS_IN_FLIGHT = 4096  # streams and waiting calls included
 QUEUED_PER_REPLICA = 4  # autoscaling's target: this many queued jobs per engine replica (one batch each)
 
 
@@ -174,7 +175,10 @@ def build_app(args: dict[str, Any]) -> Any:
     engines = serve.deployment(EngineReplica, name="engine", max_ongoing_requests=1, health_check_period_s=5,
                                ray_actor_options={"num_cpus": options.worker_cpus,
                                                   "num_gpus": options.worker_gpus or 0}, **scaling)
-    api = serve.deployment(serve.ingress()(ApiReplica), name="api", ray_actor_options={"num_cpus": 0})
+    # Serve lets 5 requests at a time into a replica by default; a synchronous OpenAI or A1111 call holds its place
+    # until its job ends, so 5 would be all the jobs in flight: the app bounds its work itself (the queue's 429).
+    api = serve.deployment(serve.ingress()(ApiReplica), name="api", ray_actor_options={"num_cpus": 0},
+                           max_ongoing_requests=API_REQUESTS_IN_FLIGHT)
     return api.bind(replace(settings, remote_workers=True), engines.bind(engine_settings))
 
 

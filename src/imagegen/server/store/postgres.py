@@ -37,17 +37,31 @@ class PostgresJobStore(JobStore):
         self.url = url
         self._db: Any = None
         self._stopping = threading.Event()
-        with self._lock, self._transaction():
-            self._execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
-            for statement in schema(serial="BIGSERIAL PRIMARY KEY", **_TYPES):
-                self._execute(statement)
-            for name, kind in added_columns(**_TYPES).items():
-                self._execute(f"ALTER TABLE jobs ADD COLUMN IF NOT EXISTS {name} {kind}")
-            for statement in INDEXES:
-                self._execute(statement)
-            self._execute("CREATE TABLE IF NOT EXISTS results (name TEXT PRIMARY KEY, data BYTEA NOT NULL)")
+        with self._lock:
+            if not self._schema_current():  # DDL locks the table whole: never while other workers use it, if it can
+                with self._transaction():
+                    self._execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
+                    for statement in schema(serial="BIGSERIAL PRIMARY KEY", **_TYPES):
+                        self._execute(statement)
+                    for name, kind in added_columns(**_TYPES).items():
+                        self._execute(f"ALTER TABLE jobs ADD COLUMN IF NOT EXISTS {name} {kind}")
+                    for statement in INDEXES:
+                        self._execute(statement)
+                    self._execute("CREATE TABLE IF NOT EXISTS results (name TEXT PRIMARY KEY, data BYTEA NOT NULL)")
         self._listener = threading.Thread(target=self._listen, name="imagegen-store-listener", daemon=True)
         self._listener.start()
+
+    def _schema_current(self) -> bool:
+        """Whether every table, column and index of this version is there (the caller holds the lock)."""
+        columns = {row[0] for row in self._execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name='jobs' "
+            "AND table_schema=current_schema()")}
+        indexes = {row[0] for row in self._execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname=current_schema()")}
+        tables = {row[0] for row in self._execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema=current_schema()")}
+        return set(added_columns(**_TYPES)) <= columns and {"jobs_owner_idempotency_key", "jobs_owner"} <= indexes \
+            and {"jobs", "deliveries", "probe", "results"} <= tables
 
     def _connection(self) -> Any:
         if self._db is None or self._db.closed:

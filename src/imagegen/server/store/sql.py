@@ -79,6 +79,7 @@ class JobStore:
         self.changed = threading.Condition(self._lock)  # a worker waiting for work is woken by this
         self._additions: list[_Addition] = []  # jobs waiting for the next grouped commit (add)
         self._additions_lock = threading.Lock()
+        self._next_expiry_check = 0.0  # time.monotonic() when a claim next looks for expired leases
 
     # What a backend supplies.
 
@@ -213,17 +214,23 @@ class JobStore:
               worker: str = LOCAL_WORKER) -> list[Job]:
         """Mark the jobs that `choose` picks among the `window` oldest queued ones running under `worker`, in one
         transaction; other workers skip the rows this one holds meanwhile. Returns them, in queue order."""
-        expired = self.requeue_expired() if self.shared else 0
+        expired = 0
+        if self.shared and time.monotonic() >= self._next_expiry_check:
+            self._next_expiry_check = time.monotonic() + LEASE_S / 3
+            expired = self.requeue_expired()
         with self._lock:
+            # Woken by every change, a worker mostly finds nothing new: a plain read says so without a transaction.
+            if not expired and self._execute("SELECT 1 FROM jobs WHERE state='queued' LIMIT 1").fetchone() is None:
+                return []
             with self._transaction(synced=False):
                 rows = self._execute(f"SELECT {COLUMNS} FROM jobs WHERE state='queued' ORDER BY seq LIMIT ?"
                                      f"{self.skip_locked}", (window,)).fetchall()
-                readable = [row for row in rows if _readable_row(row)]
-                group = choose([job_from_row(row) for row in readable])
+                jobs, unreadable = _parsed(rows)
+                group = choose(jobs)
                 self._start([job.id for job in group], worker)
             self.changed.notify_all()
-        if len(readable) < len(rows):
-            self._readable(rows)  # fails the jobs this version cannot read, with the reason
+        if unreadable:
+            self._readable(unreadable)  # fails the jobs this version cannot read, with the reason
         if group or expired:
             self.on_change(ANY_JOB)  # every queued job moved up
         return group
@@ -404,12 +411,15 @@ class JobStore:
         return bool(changed)
 
 
-def _readable_row(row: tuple) -> bool:
-    try:
-        job_from_row(row)
-    except (ValueError, TypeError, KeyError):
-        return False
-    return True
+def _parsed(rows: list[tuple]) -> tuple[list[Job], list[tuple]]:
+    """The rows as jobs, and the rows whose request this version cannot read."""
+    jobs, unreadable = [], []
+    for row in rows:
+        try:
+            jobs.append(job_from_row(row))
+        except (ValueError, TypeError, KeyError):
+            unreadable.append(row)
+    return jobs, unreadable
 
 
 def schema(*, serial: str, real: str, blob: str) -> list[str]:
